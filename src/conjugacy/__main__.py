@@ -1,0 +1,3 @@
+from conjugacy.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""Stage 3: W between every two spectra, and a verdict per condition pair."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from conjugacy.distance import pairwise
+from conjugacy.stats import verdict
+from conjugacy.store import StoreError, open_spectrum, write_dataset
+
+VERDICT_COLUMNS = [
+    "condition_a",
+    "condition_b",
+    "n_between",
+    "w_between_mean",
+    "w_between_sd",
+    "n_within",
+    "w_within_mean",
+    "w_within_sd",
+    "p_value",
+    "verdict",
+]
+
+
+def label(path: Path, ds: xr.Dataset) -> tuple[str, int]:
+    """(condition, seed) of a spectrum: its attributes, else its path (<condition>/seed<N>.zarr)."""
+    if "condition" in ds.attrs and "seed" in ds.attrs and ds.attrs["condition"]:
+        return str(ds.attrs["condition"]), int(ds.attrs["seed"])
+    match = re.fullmatch(r"seed(\d+)\.zarr", path.name)
+    if not match:
+        raise StoreError(
+            f"spectrum store {path} has no condition/seed attributes and its name is not "
+            "seed<N>.zarr inside a folder named after its condition"
+        )
+    return path.parent.name, int(match.group(1))
+
+
+def load_spectra(paths: list[str | Path]) -> tuple[list[tuple[str, int]], list[np.ndarray]]:
+    labels, spectra = [], []
+    for p in map(Path, paths):
+        ds = open_spectrum(p)
+        key = label(p, ds)
+        if key in labels:
+            raise StoreError(f"spectrum store {p} repeats condition {key[0]!r} seed {key[1]}")
+        labels.append(key)
+        spectra.append(ds["eigenvalues"].values)
+    return labels, spectra
+
+
+def distances_dataset(labels: list[tuple[str, int]], w: np.ndarray) -> xr.Dataset:
+    """W as a 4-D array over (condition, seed) on both sides; NaN where a seed is absent."""
+    conditions = list(dict.fromkeys(c for c, _ in labels))
+    seeds = sorted({s for _, s in labels})
+    ci = {c: i for i, c in enumerate(conditions)}
+    si = {s: i for i, s in enumerate(seeds)}
+    grid = np.full((len(conditions), len(seeds)) * 2, np.nan)
+    for i, (ca, sa) in enumerate(labels):
+        for j, (cb, sb) in enumerate(labels):
+            grid[ci[ca], si[sa], ci[cb], si[sb]] = w[i, j]
+    return xr.Dataset(
+        {"w": (("condition_a", "seed_a", "condition_b", "seed_b"), grid)},
+        coords={
+            "condition_a": conditions,
+            "seed_a": seeds,
+            "condition_b": conditions,
+            "seed_b": seeds,
+        },
+        attrs={"description": "W1 between Koopman eigenvalue sets (Euclidean, uniform weights)"},
+    )
+
+
+def verdict_table(
+    labels: list[tuple[str, int]],
+    w: np.ndarray,
+    pairs: list[tuple[str, str]],
+    alpha: float,
+    max_ratio: float,
+    permutations: int,
+) -> pd.DataFrame:
+    rows = []
+    present = {c for c, _ in labels}
+    for a, b in pairs:
+        for c in (a, b):
+            if c not in present:
+                raise StoreError(f"no spectrum of condition {c!r} among the inputs")
+        ia = [i for i, (c, _) in enumerate(labels) if c == a]
+        ib = [i for i, (c, _) in enumerate(labels) if c == b]
+        idx = np.array(ia + ib)
+        v = verdict(w[np.ix_(idx, idx)], len(ia), alpha, max_ratio, permutations)
+        rows.append({"condition_a": a, "condition_b": b, **asdict(v)})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def run(
+    spectra: list[str | Path],
+    outdir: str | Path,
+    pairs: list[tuple[str, str]] | None = None,
+    alpha: float = 0.05,
+    max_ratio: float = 1.5,
+    permutations: int = 9999,
+) -> pd.DataFrame:
+    """Write distances.zarr, distances.csv and conjugacy.csv under outdir."""
+    labels, values = load_spectra(spectra)
+    if pairs is None:
+        conds = list(dict.fromkeys(c for c, _ in labels))
+        pairs = [(a, b) for i, a in enumerate(conds) for b in conds[i + 1 :]]
+    w = pairwise(values)
+    table = verdict_table(labels, w, pairs, alpha, max_ratio, permutations)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    write_dataset(distances_dataset(labels, w), outdir / "distances.zarr")
+    iu = np.triu_indices(len(labels), k=1)
+    pd.DataFrame(
+        {
+            "condition_a": [labels[i][0] for i in iu[0]],
+            "seed_a": [labels[i][1] for i in iu[0]],
+            "condition_b": [labels[j][0] for j in iu[1]],
+            "seed_b": [labels[j][1] for j in iu[1]],
+            "w": w[iu],
+        }
+    ).to_csv(outdir / "distances.csv", index=False)
+    table.to_csv(outdir / "conjugacy.csv", index=False)
+    return table

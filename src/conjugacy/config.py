@@ -1,0 +1,233 @@
+"""Load, validate and resolve an experiment config.
+
+One place decides what a valid config is, so the workflow (at parse time,
+before any job) and the command line give the same messages. This module
+imports only the standard library, PyYAML and jsonschema: the Snakefile
+imports it before any job environment exists.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from conjugacy.systems.shapes import recorded_snapshots, tensor_shapes
+
+KOOPMAN_KEYS = ("observables", "delays", "rank", "window", "pca")
+
+
+class ConfigError(ValueError):
+    """A config value is wrong; the message names the key and what was expected."""
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema (also linked as workflow/schemas/config.schema.yaml)."""
+    text = resources.files("conjugacy").joinpath("config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file and resolve it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    with path.open() as fh:
+        raw = yaml.safe_load(fh)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping, got {type(raw).__name__}")
+    return resolve(raw)
+
+
+def _key(path: Any) -> str:
+    return ".".join(str(p) for p in path) or "<top level>"
+
+
+def _validate(instance: Any, sch: dict[str, Any], root: dict[str, Any], prefix: list) -> None:
+    validator = jsonschema.Draft202012Validator(
+        {**sch, "$defs": root["$defs"]} if "$defs" not in sch else sch
+    )
+    errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = errors[0]
+        key = _key(prefix + list(err.absolute_path))
+        if err.validator == "additionalProperties":
+            allowed = sorted(err.schema.get("properties", {}))
+            raise ConfigError(f"config key {key}: {err.message}; allowed keys: {allowed}")
+        raise ConfigError(f"config key {key}: {err.message}")
+
+
+def _deref(sch: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in sch:
+        sch = root["$defs"][sch["$ref"].rsplit("/", 1)[-1]]
+    return sch
+
+
+def _fill_defaults(instance: dict[str, Any], sch: dict[str, Any], root: dict[str, Any]) -> None:
+    """Insert schema defaults for absent keys, recursing into nested objects."""
+    for name, prop in _deref(sch, root).get("properties", {}).items():
+        if name not in instance and "default" in prop:
+            instance[name] = copy.deepcopy(prop["default"])
+        target = _deref(prop, root)
+        if isinstance(instance.get(name), dict) and "properties" in target:
+            _fill_defaults(instance[name], target, root)
+
+
+def resolve(raw: dict[str, Any]) -> dict[str, Any]:
+    """Validate a raw config and return it with defaults and per-condition settings resolved.
+
+    Every condition in the result carries its own `seeds` and full `koopman`
+    block, so a stage needs nothing but its condition's entry.
+    """
+    root = schema()
+    cfg = copy.deepcopy(raw)
+    _validate(cfg, root, root, [])
+    _fill_defaults(cfg, root, root)
+    for name, cond in cfg["conditions"].items():
+        sch = root["$defs"][cond["system"]]
+        _validate(cond, sch, root, ["conditions", name])
+        _fill_defaults(cond, sch, root)
+        cond.setdefault("seeds", list(cfg["seeds"]))
+        cond["koopman"] = {**cfg["koopman"], **cond.get("koopman", {})}
+        _fill_defaults(cond["koopman"], root["$defs"]["koopman"], root)
+        _check_condition(name, cond)
+    _check_pairs(cfg)
+    return cfg
+
+
+def condition_pairs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
+    """The condition pairs to test: the configured ones, or all pairs."""
+    pairs = cfg["compare"].get("pairs")
+    if pairs is None:
+        names = list(cfg["conditions"])
+        return [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
+    return [(a, b) for a, b in pairs]
+
+
+def _check_pairs(cfg: dict[str, Any]) -> None:
+    names = set(cfg["conditions"])
+    for i, pair in enumerate(cfg["compare"].get("pairs") or []):
+        for side in pair:
+            if side not in names:
+                raise ConfigError(
+                    f"config key compare.pairs.{i}: condition {side!r} is not defined; "
+                    f"expected one of {sorted(names)}"
+                )
+        if pair[0] == pair[1]:
+            raise ConfigError(f"config key compare.pairs.{i}: a condition is paired with itself")
+
+
+def _check_condition(name: str, cond: dict[str, Any]) -> None:
+    """Checks that need more than types: names, domains, and sizes of the DMD problem."""
+    key = f"conditions.{name}"
+    for grid_key in ("grid", "grid_a", "grid_b"):
+        grid = cond.get(grid_key)
+        if grid is not None and not grid["low"] < grid["high"]:
+            raise ConfigError(
+                f"config key {key}.{grid_key}: low ({grid['low']}) must be below high "
+                f"({grid['high']})"
+            )
+    if "domain" in cond:
+        low, high = cond["domain"]
+        if not low < high:
+            raise ConfigError(f"config key {key}.domain: expected [low, high] with low < high")
+    shapes = tensor_shapes(cond)
+    if cond["system"] == "fcn":
+        for tensor in cond["record"]:
+            if tensor not in shapes:
+                raise ConfigError(
+                    f"config key {key}.record: the model has no tensor {tensor!r}; "
+                    f"available: {sorted(shapes)}"
+                )
+        recorded = {t: shapes[t] for t in cond["record"]}
+    else:
+        recorded = shapes
+    check_koopman(
+        cond["koopman"],
+        recorded,
+        recorded_snapshots(cond),
+        cond_inits(cond),
+        label=lambda k: f"config key {key}.koopman.{k}",
+    )
+
+
+def cond_inits(cond: dict[str, Any]) -> int:
+    """Number of trajectories (initial conditions) one seed of a condition records."""
+    if cond["system"] == "fcn":
+        return cond["inits"]
+    grid = cond.get("grid") or cond["grid_a"]
+    return grid["points"] ** 2
+
+
+def check_koopman(
+    kcfg: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]],
+    steps: list[int],
+    inits: int,
+    label: Callable[[str], str],
+) -> None:
+    """Check Koopman settings against the recorded tensors, steps and inits.
+
+    Shared by the config check and the `koopman` command, so a bad option
+    fails before any data is read; `label(key)` names the offending setting.
+    """
+    observables = kcfg.get("observables") or sorted(shapes)
+    for obs in observables:
+        if obs not in shapes:
+            raise ConfigError(
+                f"{label('observables')}: no recorded tensor {obs!r}; available: {sorted(shapes)}"
+            )
+    window = kcfg.get("window")
+    if window is not None:
+        start, stop = window
+        if not start < stop:
+            raise ConfigError(f"{label('window')}: expected [start, stop) with start < stop")
+        steps = [s for s in steps if start <= s < stop]
+    n_snap = len(steps)
+    delays = kcfg.get("delays", 0)
+    if delays + 2 > n_snap:
+        raise ConfigError(
+            f"{label('delays')}: {delays} delays need at least {delays + 2} snapshots, "
+            f"but the window holds {n_snap}; expected delays <= {max(n_snap - 2, 0)}"
+        )
+    dim = sum(_size(shapes[o]) for o in observables)
+    pca = kcfg.get("pca")
+    if pca is not None:
+        limit = min(dim, inits * n_snap)
+        if pca > limit:
+            raise ConfigError(
+                f"{label('pca')}: {pca} components, but the observables have {dim} values "
+                f"and {inits * n_snap} snapshots; expected at most {limit}"
+            )
+        dim = pca
+    lifted = dim * (delays + 1)
+    pairs = inits * (n_snap - delays - 1)
+    rank = kcfg.get("rank", "full")
+    if rank != "full" and rank > min(lifted, pairs):
+        which = (
+            f"the lifted dimension {lifted} ({dim} values x (delays {delays} + 1))"
+            if lifted <= pairs
+            else f"the number of snapshot pairs {pairs}"
+        )
+        raise ConfigError(
+            f"{label('rank')}: {rank} is larger than {which}; "
+            f"expected at most {min(lifted, pairs)} or 'full'"
+        )
+
+
+def _size(shape: tuple[int, ...]) -> int:
+    n = 1
+    for s in shape:
+        n *= s
+    return n
+
+
+def condition_json(cond: dict[str, Any]) -> str:
+    """Canonical JSON of a resolved condition (stable key order: a cache key)."""
+    return json.dumps(cond, sort_keys=True, separators=(",", ":"))

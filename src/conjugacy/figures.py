@@ -1,0 +1,160 @@
+"""Stage 4: figures of spectra, distances, W distributions and training loss."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import xarray as xr  # noqa: E402
+
+from conjugacy.compare import load_spectra  # noqa: E402
+from conjugacy.store import open_store, open_trajectory  # noqa: E402
+
+FIGURES = ("spectra.png", "distances.png", "w_distributions.png", "loss.png")
+
+
+def groups(conditions: list[str], pairs: list[tuple[str, str]]) -> list[list[str]]:
+    """Conditions joined by compared pairs (connected components), in config order."""
+    parent = {c: c for c in conditions}
+
+    def find(c: str) -> str:
+        while parent[c] != c:
+            c = parent[c]
+        return c
+
+    for a, b in pairs:
+        if a in parent and b in parent:
+            parent[find(a)] = find(b)
+    out: dict[str, list[str]] = {}
+    for c in conditions:
+        out.setdefault(find(c), []).append(c)
+    return list(out.values())
+
+
+def _colours(conditions: list[str]) -> dict[str, tuple]:
+    cmap = plt.get_cmap("tab10")
+    return {c: cmap(i % 10) for i, c in enumerate(conditions)}
+
+
+def _panels(n: int, size: float = 4.2):
+    fig, axes = plt.subplots(1, n, figsize=(size * n, size), squeeze=False)
+    return fig, axes[0]
+
+
+def plot_spectra(labels, spectra, panels: list[list[str]], out: Path) -> None:
+    """Eigenvalues on the complex plane with the unit circle, one colour per condition."""
+    colours = _colours([c for g in panels for c in g])
+    fig, axes = _panels(len(panels))
+    theta = np.linspace(0, 2 * np.pi, 400)
+    for ax, group in zip(axes, panels, strict=True):
+        ax.plot(np.cos(theta), np.sin(theta), "k--", lw=0.8)
+        for cond in group:
+            ev = np.concatenate([s for (c, _), s in zip(labels, spectra, strict=True) if c == cond])
+            ax.scatter(ev.real, ev.imag, s=14, alpha=0.6, color=colours[cond], label=cond)
+        ax.set_aspect("equal")
+        ax.set_xlabel("Re λ")
+        ax.set_ylabel("Im λ")
+        ax.legend(fontsize=8, loc="lower left")
+    fig.suptitle("Koopman eigenvalues (all seeds)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_distances(distances: xr.Dataset, out: Path) -> None:
+    """log10 W between every two spectra, grouped by condition."""
+    w = distances["w"].stack(a=("condition_a", "seed_a"), b=("condition_b", "seed_b"))
+    keep_a = ~np.isnan(w.values).all(axis=1)
+    keep_b = ~np.isnan(w.values).all(axis=0)
+    mat = w.values[np.ix_(keep_a, keep_b)]
+    names = [c for c, _ in np.asarray(w["a"].values)[keep_a]]
+    fig, ax = plt.subplots(figsize=(6.5, 5.5))
+    with np.errstate(divide="ignore"):
+        img = ax.imshow(np.log10(np.where(mat > 0, mat, np.nan)), cmap="viridis")
+    fig.colorbar(img, ax=ax, label="log10 W")
+    starts = [i for i, c in enumerate(names) if i == 0 or names[i - 1] != c]
+    ax.set_xticks(starts, [names[i] for i in starts], rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(starts, [names[i] for i in starts], fontsize=8)
+    ax.set_title("W between spectra (condition, seed)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_w_distributions(distances: xr.Dataset, verdicts: pd.DataFrame, out: Path) -> None:
+    """Within-condition vs between-condition W for every tested pair, with the verdict."""
+    n = max(len(verdicts), 1)
+    fig, axes = _panels(n, size=3.6)
+    w = distances["w"]
+
+    def upper(a: str, b: str) -> np.ndarray:
+        m = w.sel(condition_a=a, condition_b=b).values
+        if a == b:
+            m = m[np.triu_indices_from(m, k=1)]
+        return m[~np.isnan(m)].ravel()
+
+    for ax, row in zip(axes, verdicts.itertuples(), strict=False):
+        a, b = row.condition_a, row.condition_b
+        data = [upper(a, a), upper(b, b), upper(a, b)]
+        ax.boxplot(data, showfliers=False)
+        for i, d in enumerate(data, start=1):
+            ax.scatter(np.full(d.size, i), d, s=8, alpha=0.5, color="k")
+        ax.set_xticks([1, 2, 3], [f"{a}\nwithin", f"{b}\nwithin", "between"], fontsize=8)
+        ax.set_ylabel("W")
+        ax.set_title(f"{row.verdict} (p = {row.p_value:.3g})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def plot_loss(trajectories: list[Path], panels: list[list[str]], out: Path) -> None:
+    """Training loss (mean over inits) per seed, one colour per condition."""
+    colours = _colours([c for g in panels for c in g])
+    panel_of = {c: i for i, g in enumerate(panels) for c in g}
+    fig, axes = _panels(len(panels))
+    seen: set[str] = set()
+    for path in trajectories:
+        ds = open_trajectory(path)
+        cond = str(ds.attrs.get("condition") or Path(path).parent.name)
+        if cond not in panel_of or "loss" not in ds:
+            continue
+        ax = axes[panel_of[cond]]
+        loss = ds["loss"].values.mean(axis=0)
+        ax.plot(ds["step"].values, loss, color=colours[cond], lw=1, alpha=0.7,
+                label=None if cond in seen else cond)
+        seen.add(cond)
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (mean over inits)")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def run(
+    spectra: list[str | Path],
+    trajectories: list[str | Path],
+    comparison: str | Path,
+    outdir: str | Path,
+) -> list[Path]:
+    """Draw every figure from the stage outputs; comparison is the compare stage's folder."""
+    comparison, outdir = Path(comparison), Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    labels, values = load_spectra(spectra)
+    distances = open_store(comparison / "distances.zarr", "distances")
+    verdicts = pd.read_csv(comparison / "conjugacy.csv")
+    conditions = list(dict.fromkeys(c for c, _ in labels))
+    panels = groups(conditions, list(zip(verdicts.condition_a, verdicts.condition_b, strict=True)))
+    paths = [outdir / name for name in FIGURES]
+    plot_spectra(labels, values, panels, paths[0])
+    plot_distances(distances, paths[1])
+    plot_w_distributions(distances, verdicts, paths[2])
+    plot_loss([Path(p) for p in trajectories], panels, paths[3])
+    return paths

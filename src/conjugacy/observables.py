@@ -1,0 +1,107 @@
+"""Observables of a trajectory store: selected tensors, flattened, over a step window.
+
+The store is never loaded whole: the Gram route reads it one block of
+parameters at a time (every step of those parameters), the covariance route
+one block of steps at a time (every parameter, with `delays + 1` steps of
+overlap). Both blocks are float64 copies of at most `budget` values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import xarray as xr
+
+BUDGET = 1 << 23  # float64 values per block read (64 MiB)
+
+
+class Observable:
+    """Selected tensors of one trajectory store, flattened per snapshot, within a window."""
+
+    def __init__(
+        self, ds: xr.Dataset, names: list[str], window: tuple[int, int] | None = None
+    ) -> None:
+        self.ds = ds
+        self.names = names
+        steps = ds["step"].values
+        if window is None:
+            self.t0, self.t1 = 0, len(steps)
+        else:
+            self.t0 = int(np.searchsorted(steps, window[0], side="left"))
+            self.t1 = int(np.searchsorted(steps, window[1], side="left"))
+        self.steps = steps[self.t0 : self.t1]
+        self.inits = ds.sizes["init"]
+        self.sizes = {n: int(np.prod(ds[n].shape[2:], dtype=np.int64)) for n in names}
+        self.dim = sum(self.sizes.values())
+
+    @property
+    def n_steps(self) -> int:
+        return self.t1 - self.t0
+
+    def _read(self, name: str, t0: int, t1: int, rows: slice = slice(None)) -> np.ndarray:
+        """(inits, t1 - t0, values) float64 block of one tensor, rows of its first axis."""
+        var = self.ds[name].variable
+        index = (slice(None), slice(self.t0 + t0, self.t0 + t1))
+        if var.ndim > 2:
+            index += (rows,)
+        block = np.asarray(var[index].values, dtype=np.float64)
+        return block.reshape(block.shape[0], block.shape[1], -1)
+
+    def param_blocks(self, budget: int = BUDGET) -> Iterator[np.ndarray]:
+        """Every step of a block of parameters at a time: (inits, n_steps, p)."""
+        per_row_steps = self.inits * self.n_steps
+        for name in self.names:
+            var = self.ds[name]
+            if var.ndim == 2:
+                yield self._read(name, 0, self.n_steps)
+                continue
+            inner = int(np.prod(var.shape[3:], dtype=np.int64))
+            rows = max(1, budget // max(1, per_row_steps * inner))
+            chunk_rows = (var.encoding.get("chunks") or (None, None, rows))[2]
+            if rows > chunk_rows:
+                rows -= rows % chunk_rows  # whole chunks only, so no chunk is read twice
+            for r0 in range(0, var.shape[2], rows):
+                yield self._read(name, 0, self.n_steps, slice(r0, r0 + rows))
+
+    def step_blocks(self, overlap: int, budget: int = BUDGET) -> Iterator[tuple[int, np.ndarray]]:
+        """Blocks of consecutive snapshots, all parameters: (start, (inits, L, dim)).
+
+        Successive blocks share `overlap` snapshots, so every window of
+        overlap + 1 consecutive snapshots lies whole in exactly one block.
+        """
+        length = max(overlap + 2, budget // max(1, self.inits * self.dim))
+        stride = length - overlap
+        for a in range(0, max(self.n_steps - overlap, 1), stride):
+            b = min(a + length, self.n_steps)
+            yield a, np.concatenate([self._read(n, a, b) for n in self.names], axis=2)
+            if b == self.n_steps:
+                break
+
+
+def lift(block: np.ndarray, delays: int) -> np.ndarray:
+    """Time-delay embedding of (inits, L, P) snapshots: (inits, L - delays, (delays + 1) * P).
+
+    Column t of an init is [x_t, x_t+1, ..., x_t+delays] stacked (delay-major).
+    """
+    n, length, p = block.shape
+    if delays == 0:
+        return block
+    windows = np.lib.stride_tricks.sliding_window_view(block, delays + 1, axis=1)
+    # windows: (inits, L - delays, P, delays + 1) -> delay-major lifted vectors
+    return windows.transpose(0, 1, 3, 2).reshape(n, length - delays, (delays + 1) * p)
+
+
+def lifted_gram(gram: np.ndarray, inits: int, n_steps: int, delays: int) -> np.ndarray:
+    """Gram of delay-embedded snapshots from the plain Gram: a sum of shifted blocks.
+
+    gram is (inits*T, inits*T) over snapshots ordered (init, step); the result
+    is (inits, m, inits, m) with m = T - delays. Summed block by block in
+    float64 (no prefix sums, which would cancel catastrophically).
+    """
+    g = gram.reshape(inits, n_steps, inits, n_steps)
+    m = n_steps - delays
+    out = g[:, :m, :, :m].copy()
+    for d in range(1, delays + 1):
+        out += g[:, d : d + m, :, d : d + m]
+    return out

@@ -1,0 +1,1 @@
+"""Training systems: the optimizer toys and the fully connected nets."""

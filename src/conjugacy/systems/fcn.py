@@ -1,0 +1,94 @@
+"""Fully connected nets in -> h -> out (ReLU, log-softmax + NLL), N inits as one batch.
+
+The N initial conditions of a seed are stacked along a leading axis of every
+weight tensor and trained by one computation: the summed loss has
+independent per-init gradients, so one optimizer over the stacked tensors is
+exactly N separate optimizers, without a Python loop over models.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from conjugacy.systems.data import load_dataset
+from conjugacy.systems.shapes import tensor_shapes
+
+
+def base_init(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """PyTorch's default nn.Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
+    out = {}
+    for layer in ("fc1", "fc2"):
+        fan_in = shapes[f"{layer}.weight"][1]
+        bound = 1.0 / math.sqrt(fan_in)
+        for kind in ("weight", "bias"):
+            name = f"{layer}.{kind}"
+            if name in shapes:
+                u = torch.rand(shapes[name], generator=gen, dtype=torch.float64)
+                out[name] = ((2 * u - 1) * bound).to(torch.float32)
+    return out
+
+
+class FCN:
+    """N nets of one seed: init 0 the base init, inits 1..N-1 perturbed copies."""
+
+    def __init__(self, cond: dict[str, Any], seed: int, device: str = "cpu") -> None:
+        self.cond = cond
+        self.inits = cond["inits"]
+        self.device = torch.device(device)
+        shapes = tensor_shapes(cond)
+        gen = torch.Generator().manual_seed(seed)
+        base = base_init(shapes, gen)
+        eps = cond["init_perturbation"]
+        self.params: dict[str, torch.Tensor] = {}
+        for name, tensor in base.items():
+            stacked = tensor.expand(self.inits, *tensor.shape).clone()
+            noise = 2 * torch.rand(stacked[1:].shape, generator=gen, dtype=torch.float32) - 1
+            stacked[1:] *= 1 + eps * noise
+            self.params[name] = stacked.to(self.device).requires_grad_(True)
+        opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cond["optimizer"]]
+        self.optimizer = opt_cls(list(self.params.values()), lr=cond["lr"])
+        x, y = load_dataset(cond["dataset"])
+        self.x = torch.from_numpy(x).to(self.device)
+        self.y = torch.from_numpy(y).to(self.device)
+        self.rng = np.random.default_rng([seed, 1])
+        self.order = np.empty(0, dtype=np.int64)
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Epoch-wise reshuffled mini-batches, the same for every init of the seed."""
+        b = self.cond["batch_size"]
+        if len(self.order) < b:
+            self.order = self.rng.permutation(len(self.y))
+        idx, self.order = self.order[:b], self.order[b:]
+        index = torch.from_numpy(idx).to(self.device)
+        return self.x[index], self.y[index]
+
+    def _losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        hidden = torch.einsum("bi,nhi->nbh", x, p["fc1.weight"])
+        if "fc1.bias" in p:
+            hidden = hidden + p["fc1.bias"][:, None, :]
+        logits = torch.einsum("nbh,noh->nbo", torch.relu(hidden), p["fc2.weight"])
+        if "fc2.bias" in p:
+            logits = logits + p["fc2.bias"][:, None, :]
+        logp = torch.log_softmax(logits, dim=-1)
+        return -logp[:, torch.arange(len(y), device=self.device), y].mean(dim=1)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        return {n: t.detach().cpu().numpy().copy() for n, t in self.params.items()}
+
+    def loss(self) -> np.ndarray:
+        """Loss of every init on the next mini-batch, without an update."""
+        with torch.no_grad():
+            return self._losses(*self._next_batch()).double().cpu().numpy()
+
+    def step(self) -> np.ndarray:
+        """One optimizer step of every init; returns the mini-batch loss before it."""
+        losses = self._losses(*self._next_batch())
+        self.optimizer.zero_grad(set_to_none=True)
+        losses.sum().backward()
+        self.optimizer.step()
+        return losses.detach().double().cpu().numpy()

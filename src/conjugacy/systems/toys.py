@@ -1,0 +1,86 @@
+"""The optimizer toys of Ghai, Lu & Hazan (2022) on f(x) = sum_i tan(x_i), d = 2.
+
+Online mirror descent with the log-barrier regulariser and online gradient
+descent on x = exp(u) are conjugate; the bisection method is the
+non-conjugate control. All initial conditions of a seed advance together as
+one (inits, 2) float64 array.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def loss(x: np.ndarray) -> np.ndarray:
+    """f(x) = sum_i tan(x_i), per initial condition."""
+    return np.tan(x).sum(axis=-1)
+
+
+def grid_points(grid: dict[str, Any]) -> np.ndarray:
+    """(points^2, 2) grid over [low, high]^2, first coordinate varying fastest."""
+    axis = np.linspace(grid["low"], grid["high"], grid["points"])
+    first, second = np.meshgrid(axis, axis)
+    return np.stack([first.ravel(), second.ravel()], axis=1)
+
+
+def jittered_grid(grid: dict[str, Any], jitter: float, rng: np.random.Generator) -> np.ndarray:
+    """The grid, moved by jitter * spacing * U(-1, 1) per coordinate (exact when jitter is 0)."""
+    points = grid_points(grid)
+    spacing = (grid["high"] - grid["low"]) / max(grid["points"] - 1, 1)
+    return points + jitter * spacing * rng.uniform(-1.0, 1.0, size=points.shape)
+
+
+class Toy:
+    """One toy optimizer over all its initial conditions; `x` is its own iterate."""
+
+    def __init__(self, cond: dict[str, Any], seed: int) -> None:
+        self.cond = cond
+        jitter = cond["jitter"] if seed > 0 else 0.0
+        rng = np.random.default_rng(seed)
+        system = cond["system"]
+        if system == "bisection":
+            self.a = jittered_grid(cond["grid_a"], jitter, rng)
+            self.b = jittered_grid(cond["grid_b"], jitter, rng)
+            self.x = (self.a + self.b) / 2
+        else:
+            low, high = cond["domain"]
+            if system == "ogd":
+                low, high = np.log(low), np.log(high)
+            self.low, self.high = low, high
+            self.x = np.clip(jittered_grid(cond["grid"], jitter, rng), low, high)
+        self.inits = self.x.shape[0]
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        return {"x": self.x.copy()}
+
+    def loss(self) -> np.ndarray:
+        """The objective at the current iterate (OGD's iterate is u, the objective f(exp u))."""
+        system = self.cond["system"]
+        if system == "ogd":
+            return loss(np.exp(self.x))
+        if system == "bisection":
+            return np.abs(loss(self.x))
+        return loss(self.x)
+
+    def step(self) -> np.ndarray:
+        """One update of every initial condition; returns the loss before it."""
+        before = self.loss()
+        lr = self.cond.get("lr")
+        system = self.cond["system"]
+        if system == "omd":
+            # Mirror step for R(x) = -sum log x: grad R(y) = grad R(x) - lr * sec^2(x).
+            y = 1.0 / (1.0 / self.x + lr / np.cos(self.x) ** 2)
+            # The Bregman projection onto a box is separable: it is the clip.
+            self.x = np.clip(y, self.low, self.high)
+        elif system == "ogd":
+            x = np.exp(self.x)
+            self.x = np.clip(self.x - lr * x / np.cos(x) ** 2, self.low, self.high)
+        else:
+            fz = loss(self.x)
+            negative, positive = fz < 0, fz > 0
+            self.a = np.where(negative[:, None], self.x, self.a)
+            self.b = np.where(positive[:, None], self.x, self.b)
+            self.x = (self.a + self.b) / 2
+        return before

@@ -1,0 +1,38 @@
+rule figures:
+    """Spectra, distance heatmap, W distributions and loss curves."""
+    input:
+        spectra=all_spectra(),
+        trajectories=all_trajectories(),
+        distances=f"{RESULTS}/distances.zarr",
+        verdicts=f"{RESULTS}/conjugacy.csv",
+    output:
+        spectra=report(
+            f"{RESULTS}/figures/spectra.png",
+            caption="../report/spectra.rst",
+            category="Figures",
+        ),
+        distances=report(
+            f"{RESULTS}/figures/distances.png",
+            caption="../report/distances.rst",
+            category="Figures",
+        ),
+        w=report(
+            f"{RESULTS}/figures/w_distributions.png",
+            caption="../report/w_distributions.rst",
+            category="Figures",
+        ),
+        loss=report(
+            f"{RESULTS}/figures/loss.png",
+            caption="../report/loss.rst",
+            category="Figures",
+        ),
+    params:
+        comparison=RESULTS,
+        outdir=f"{RESULTS}/figures",
+        code=code_hash("figures"),
+    log:
+        f"{RESULTS}/logs/figures.log",
+    threads: 1
+    shell:
+        CONJUGACY + " figures --spectra {input.spectra} --trajectories {input.trajectories}"
+        " --comparison {params.comparison} -o {params.outdir} 2> {log}"
