@@ -18,23 +18,43 @@ from conjugacy.config import ConfigError
 log = logging.getLogger("conjugacy")
 
 
+def _int_at_least(minimum: int):
+    """argparse type: an integer >= minimum, with a message naming the bad value."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive = _int_at_least(1)
+_nonneg = _int_at_least(0)
+
+
 def _rank(text: str) -> int | str:
     if text == "full":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer or 'full', got {text!r}")
-    return value
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'full', got {text!r}"
+        ) from None
 
 
 def _window(text: str) -> tuple[int, int]:
     try:
         start, stop = (int(v) for v in text.split(":"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected START:STOP (optimizer steps), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected START:STOP (optimizer steps), got {text!r}"
+        ) from None
     return start, stop
 
 
@@ -43,13 +63,6 @@ def _pair(text: str) -> tuple[str, str]:
     if len(parts) != 2 or not all(parts):
         raise argparse.ArgumentTypeError(f"expected CONDITION_A:CONDITION_B, got {text!r}")
     return parts[0], parts[1]
-
-
-def _nonneg(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -92,9 +105,7 @@ def cmd_koopman(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from conjugacy.compare import run
 
-    table = run(
-        args.spectra, args.output, args.pair, args.alpha, args.max_ratio, args.permutations
-    )
+    table = run(args.spectra, args.output, args.pair, args.alpha, args.max_ratio, args.permutations)
     log.info("verdicts:\n%s", table.to_string(index=False))
 
 
@@ -130,7 +141,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--delays", type=_nonneg, default=0, help="time delays n (default 0)")
     k.add_argument("--rank", type=_rank, default="full", help="truncation rank or 'full'")
     k.add_argument("--window", type=_window, help="START:STOP optimizer steps [start, stop)")
-    k.add_argument("--pca", type=int, help="project on this many principal components first")
+    k.add_argument("--pca", type=_positive, help="project on this many principal components first")
     k.set_defaults(func=cmd_koopman)
 
     c = sub.add_parser("compare", help="W between spectra and conjugacy verdicts")

@@ -65,10 +65,10 @@ def distances_dataset(labels: list[tuple[str, int]], w: np.ndarray) -> xr.Datase
             grid[ci[ca], si[sa], ci[cb], si[sb]] = w[i, j]
     return xr.Dataset(
         {"w": (("condition_a", "seed_a", "condition_b", "seed_b"), grid)},
-        coords={
-            "condition_a": conditions,
+        coords={  # object strings are stored as Zarr v3 variable-length strings
+            "condition_a": np.array(conditions, dtype=object),
             "seed_a": seeds,
-            "condition_b": conditions,
+            "condition_b": np.array(conditions, dtype=object),
             "seed_b": seeds,
         },
         attrs={"description": "W1 between Koopman eigenvalue sets (Euclidean, uniform weights)"},

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import copy
 import json
-from importlib import resources
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,10 @@ def _validate(instance: Any, sch: dict[str, Any], root: dict[str, Any], prefix: 
     if errors:
         err = errors[0]
         key = _key(prefix + list(err.absolute_path))
+        if err.validator in ("oneOf", "anyOf") and "description" in err.schema:
+            raise ConfigError(
+                f"config key {key}: {err.message}; expected {err.schema['description']}"
+            )
         if err.validator == "additionalProperties":
             allowed = sorted(err.schema.get("properties", {}))
             raise ConfigError(f"config key {key}: {err.message}; allowed keys: {allowed}")
@@ -92,10 +96,10 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     for name, cond in cfg["conditions"].items():
         sch = root["$defs"][cond["system"]]
         _validate(cond, sch, root, ["conditions", name])
+        own_koopman = cond.pop("koopman", {})  # its keys override the experiment's, not defaults
         _fill_defaults(cond, sch, root)
         cond.setdefault("seeds", list(cfg["seeds"]))
-        cond["koopman"] = {**cfg["koopman"], **cond.get("koopman", {})}
-        _fill_defaults(cond["koopman"], root["$defs"]["koopman"], root)
+        cond["koopman"] = {**cfg["koopman"], **own_koopman}
         _check_condition(name, cond)
     _check_pairs(cfg)
     return cfg
@@ -198,6 +202,8 @@ def check_koopman(
         )
     dim = sum(_size(shapes[o]) for o in observables)
     pca = kcfg.get("pca")
+    if pca is not None and pca < 1:
+        raise ConfigError(f"{label('pca')}: {pca} components; expected at least 1")
     if pca is not None:
         limit = min(dim, inits * n_snap)
         if pca > limit:
@@ -228,6 +234,15 @@ def _size(shape: tuple[int, ...]) -> int:
     return n
 
 
-def condition_json(cond: dict[str, Any]) -> str:
-    """Canonical JSON of a resolved condition (stable key order: a cache key)."""
-    return json.dumps(cond, sort_keys=True, separators=(",", ":"))
+# Condition keys that do not change its trajectories (the seed is a wildcard).
+NOT_TRAINING = ("koopman", "seeds")
+
+
+def training_config(cond: dict[str, Any]) -> dict[str, Any]:
+    """The part of a resolved condition that decides its trajectories."""
+    return {k: v for k, v in cond.items() if k not in NOT_TRAINING}
+
+
+def training_json(cond: dict[str, Any]) -> str:
+    """Canonical JSON of a condition's training settings: the train stage's cache key."""
+    return json.dumps(training_config(cond), sort_keys=True, separators=(",", ":"))

@@ -7,7 +7,8 @@ min(D, M) accumulated in float64 in one pass over the data:
 * Gram route (D > M):       X^T X = V S^2 V^T,  A~ = S^-1 V^T (X^T Y) V S^-1
 * covariance route (D <= M): X X^T = U S^2 U^T,  A~ = U^T (Y X^T) U S^-2
 
-Both give A~ in the same basis U, so eigenvalues and amplitudes agree. A
+Both give A~ in the same basis U, so eigenvalues agree, and amplitudes up to
+the scale and phase of each eigenvector. A
 squared matrix resolves singular values only down to about sqrt(eps) * s_max;
 when the rank asks for smaller ones, the QR routes (a streaming float64 QR
 whose R factor stands in for the data) give them to eps * s_max.
@@ -108,7 +109,8 @@ def dmd_dense(
 def tsqr_update(r: np.ndarray | None, block: np.ndarray) -> np.ndarray:
     """R factor of [R; block] in float64: one step of a streaming (tall-skinny) QR."""
     stacked = block if r is None else np.vstack([r, block])
-    return scipy.linalg.qr(stacked, mode="r", overwrite_a=True, check_finite=False)[0]
+    full = scipy.linalg.qr(stacked, mode="r", overwrite_a=True, check_finite=False)[0]
+    return full[: min(stacked.shape)]  # rows below are zero: keep R square (or short)
 
 
 def needs_qr(s: np.ndarray, rank: int | str, limit: float = 1e-4) -> bool:

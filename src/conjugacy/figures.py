@@ -125,8 +125,14 @@ def plot_loss(trajectories: list[Path], panels: list[list[str]], out: Path) -> N
             continue
         ax = axes[panel_of[cond]]
         loss = ds["loss"].values.mean(axis=0)
-        ax.plot(ds["step"].values, loss, color=colours[cond], lw=1, alpha=0.7,
-                label=None if cond in seen else cond)
+        ax.plot(
+            ds["step"].values,
+            loss,
+            color=colours[cond],
+            lw=1,
+            alpha=0.7,
+            label=None if cond in seen else cond,
+        )
         seen.add(cond)
     for ax in axes:
         ax.set_xlabel("optimizer step")

@@ -21,18 +21,23 @@ STAGE_SOURCES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _files(stage: str) -> list[Path]:
+def _files(stage: str, package: Path) -> list[Path]:
     out: list[Path] = []
     for name in STAGE_SOURCES[stage]:
-        path = PACKAGE / name
+        path = package / name
         out.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
     return out
 
 
-def code_hash(stage: str) -> str:
-    """Short SHA-256 over the stage's source files (paths and contents)."""
+def code_hash(stage: str, package: str | Path = PACKAGE) -> str:
+    """Short SHA-256 over the stage's source files (paths and contents) under `package`.
+
+    The workflow passes the package its jobs run (its checkout's src/conjugacy),
+    which need not be the one this module was imported from.
+    """
+    package = Path(package)
     digest = hashlib.sha256()
-    for path in _files(stage):
-        digest.update(str(path.relative_to(PACKAGE)).encode())
+    for path in _files(stage, package):
+        digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

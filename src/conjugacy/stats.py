@@ -76,15 +76,16 @@ def decide(p: float, p_min: float, ratio: float, alpha: float, max_ratio: float)
     """Conjugate when W between is comparable to W within; not when clearly above.
 
     "Clearly above" needs both a significant test (p < alpha) and a relevant
-    size (ratio of means > max_ratio, an equivalence margin): with many seeds
-    a tiny systematic difference becomes significant without being a
-    difference in dynamics. "Comparable" (ratio <= max_ratio) needs a test
-    that could have rejected (smallest attainable p < alpha), else too few
-    seeds make it inconclusive; so does a large but not significant ratio.
+    size (ratio of means > max_ratio, an equivalence margin), since with many
+    seeds a tiny systematic difference becomes significant. "Comparable"
+    needs no significant difference, a ratio within the margin, and a test
+    that could have rejected (smallest attainable p < alpha). Anything else
+    (significant but small, large but not significant, too few seeds) is
+    inconclusive.
     """
     if p < alpha and ratio > max_ratio:
         return "not conjugate"
-    if ratio <= max_ratio and p_min < alpha:
+    if p >= alpha and ratio <= max_ratio and p_min < alpha:
         return "conjugate"
     return "inconclusive"
 

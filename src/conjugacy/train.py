@@ -8,6 +8,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from conjugacy.config import training_config
 from conjugacy.recorder import Recorder
 from conjugacy.store import STEP_BLOCK, TrajectoryWriter
 from conjugacy.systems.shapes import recorded_snapshots, tensor_shapes
@@ -42,7 +43,12 @@ def train(
     shapes = tensor_shapes(cond)
     record = cond.get("record", sorted(shapes))
     steps = recorded_snapshots(cond)
-    attrs = {"experiment": experiment, "condition": condition, "seed": seed, "config": cond}
+    attrs = {
+        "experiment": experiment,
+        "condition": condition,
+        "seed": seed,
+        "config": training_config(cond),
+    }
     writer = TrajectoryWriter(
         out, {n: shapes[n] for n in record}, steps, system.inits, dtype, attrs
     )

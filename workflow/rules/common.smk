@@ -1,22 +1,16 @@
 # Config validation and every input function and path helper of the workflow.
-import json
-import os
 import shlex
 import sys
 from pathlib import Path
 
-# Jobs run the library of this checkout, with the interpreter running Snakemake
-# (a conda env, under --sdm conda, comes first on PATH inside the job).
+# The workflow and its jobs use the library of this checkout (so the code
+# hashes below describe the code that runs), with the `python` on PATH: the
+# activated venv, or the rule's conda env under --sdm conda.
 SRC = Path(workflow.basedir) / "src"
 sys.path.insert(0, str(SRC))
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (str(SRC), os.environ.get("PYTHONPATH")) if p
-)
-os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])
 
-from conjugacy.config import ConfigError, condition_json, condition_pairs, resolve
+from conjugacy.config import ConfigError, condition_pairs, resolve, training_json
 from conjugacy.provenance import code_hash
-from conjugacy.systems.shapes import tensor_shapes
 
 try:
     CONFIG = resolve(config)
@@ -25,14 +19,22 @@ except ConfigError as exc:
 
 CONDITIONS = CONFIG["conditions"]
 RESULTS = f"results/{CONFIG['experiment']}"
+ENV = "../../envs/conjugacy.yaml"
 # One BLAS/torch thread per declared job thread: parallelism comes from jobs.
-THREADS_ENV = "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-CONJUGACY = f"{THREADS_ENV} python -m conjugacy"
+CONJUGACY = (
+    "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
+    f" PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}} python -m conjugacy"
+)
 
 
 wildcard_constraints:
     condition="|".join(CONDITIONS),
     seed=r"\d+",
+
+
+def stage_code(stage):
+    """Hash of the library code of a stage, as a param: edited code reruns the stage."""
+    return code_hash(stage, SRC / "conjugacy")
 
 
 def seeds(condition):
@@ -71,8 +73,8 @@ def final_outputs():
 
 
 def train_spec(wildcards):
-    """The resolved condition config as a shell word: a changed value reruns training."""
-    return shlex.quote(condition_json(CONDITIONS[wildcards.condition]))
+    """The condition's training settings as a shell word: a changed value reruns training."""
+    return shlex.quote(training_json(CONDITIONS[wildcards.condition]))
 
 
 def train_gpus(wildcards):
@@ -93,7 +95,9 @@ def koopman_args(wildcards):
 
 def compare_args():
     c = CONFIG["compare"]
-    args = [f"--pair {shlex.quote(a)}:{shlex.quote(b)}" for a, b in condition_pairs(CONFIG)]
+    args = [
+        f"--pair {shlex.quote(a)}:{shlex.quote(b)}" for a, b in condition_pairs(CONFIG)
+    ]
     args += [
         f"--alpha {c['alpha']}",
         f"--max-ratio {c['max_ratio']}",

@@ -10,12 +10,14 @@ rule compare:
             caption="../report/conjugacy.rst",
             category="Verdicts",
         ),
-    params:
-        options=compare_args(),
-        outdir=RESULTS,
-        code=code_hash("compare"),
     log:
         f"{RESULTS}/logs/compare.log",
+    conda:
+        ENV
     threads: 1
+    params:
+        options=compare_args(),
+        outdir=lambda wildcards, output: Path(output.table).parent,
+        code=stage_code("compare"),
     shell:
         CONJUGACY + " compare {input} -o {params.outdir} {params.options} 2> {log}"

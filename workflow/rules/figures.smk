@@ -26,13 +26,16 @@ rule figures:
             caption="../report/loss.rst",
             category="Figures",
         ),
-    params:
-        comparison=RESULTS,
-        outdir=f"{RESULTS}/figures",
-        code=code_hash("figures"),
     log:
         f"{RESULTS}/logs/figures.log",
+    conda:
+        ENV
     threads: 1
+    params:
+        comparison=lambda wildcards, input: Path(input.verdicts).parent,
+        outdir=lambda wildcards, output: Path(output.spectra).parent,
+        code=stage_code("figures"),
     shell:
-        CONJUGACY + " figures --spectra {input.spectra} --trajectories {input.trajectories}"
+        CONJUGACY
+        + " figures --spectra {input.spectra} --trajectories {input.trajectories}"
         " --comparison {params.comparison} -o {params.outdir} 2> {log}"

@@ -4,15 +4,17 @@ rule koopman:
         f"{RESULTS}/trajectories/{{condition}}/seed{{seed}}.zarr",
     output:
         directory(f"{RESULTS}/spectra/{{condition}}/seed{{seed}}.zarr"),
-    params:
-        options=koopman_args,
-        code=code_hash("koopman"),
     log:
         f"{RESULTS}/logs/koopman/{{condition}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/koopman/{{condition}}/seed{{seed}}.tsv"
+    conda:
+        ENV
     threads: 1
     resources:
         mem_mb=4000,
+    params:
+        options=koopman_args,
+        code=stage_code("koopman"),
     shell:
         CONJUGACY + " koopman {input} -o {output} {params.options} 2> {log}"

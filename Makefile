@@ -1,0 +1,45 @@
+# Quick start: `make run` (set up and run the default experiment), `make test`.
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+PYTHON ?= python3
+# Jobs call `python -m conjugacy`: the venv's python must come first.
+export PATH := $(BIN):$(PATH)
+
+.PHONY: install run test lint format clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The pinned CPU build of torch first: an unpinned torch pulls GBs of CUDA packages.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	snakemake --cores all
+	@echo
+	@echo "Verdicts:  results/default/conjugacy.csv"
+	@echo "Figures:   results/default/figures/"
+	@echo "Spectra:   results/default/spectra/<condition>/seed<N>.zarr"
+	@echo
+	@column -s, -t < results/default/conjugacy.csv
+
+lint: install
+	ruff check .
+	ruff format --check .
+	snakefmt --check Snakefile workflow
+	snakemake --lint
+
+test: install lint
+	pytest
+
+format: install
+	ruff format .
+	ruff check --fix .
+	snakefmt Snakefile workflow
+
+clean:
+	rm -rf results .snakemake

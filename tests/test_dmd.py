@@ -1,0 +1,334 @@
+"""Exact DMD (dmd.py), delay embedding (observables.py) and the Koopman routes (koopman.py)."""
+
+import numpy as np
+import pytest
+import scipy.linalg
+import xarray as xr
+from scipy.optimize import linear_sum_assignment
+from sklearn.decomposition import PCA
+
+from conjugacy.dmd import (
+    dmd_dense,
+    dmd_from_covariance,
+    dmd_from_gram,
+    needs_qr,
+    select_rank,
+    tsqr_update,
+)
+from conjugacy.koopman import (
+    KoopmanOptions,
+    covariance_route,
+    decompose,
+    gram_route,
+    pairs_of,
+    qr_tall_route,
+    qr_wide_route,
+    run,
+)
+from conjugacy.observables import Observable, lift, lifted_gram
+
+THETA = 0.3
+TRUE = np.array([0.9, 0.5, 0.8 * np.exp(1j * THETA), 0.8 * np.exp(-1j * THETA)])
+
+
+def system(rng: np.random.Generator) -> np.ndarray:
+    """Real non-normal 4 x 4 matrix with eigenvalues TRUE (a rotation-scaling block)."""
+    c, s = np.cos(THETA), np.sin(THETA)
+    block = np.zeros((4, 4))
+    block[0, 0], block[1, 1] = 0.9, 0.5
+    block[2:, 2:] = 0.8 * np.array([[c, -s], [s, c]])
+    basis = rng.standard_normal((4, 4))
+    return basis @ block @ np.linalg.inv(basis)
+
+
+def simulate(a, c, state0):
+    """Observations y_t = C x_t of x_{t+1} = A x_t: (inits, T, P) for T given by state0."""
+    states, steps = state0
+    out = np.empty((states.shape[0], steps, c.shape[0]))
+    x = states
+    for t in range(steps):
+        out[:, t] = x @ c.T
+        x = x @ a.T
+    return out
+
+
+def observations(seed, p, inits, steps):
+    rng = np.random.default_rng(seed)
+    a = system(rng)
+    c = rng.standard_normal((p, 4))
+    x0 = rng.standard_normal((inits, 4))
+    return a, x0, simulate(a, c, (x0, steps))
+
+
+def dataset(arr, steps=None, **extra):
+    steps = np.arange(arr.shape[1]) if steps is None else steps
+    data = {"x": (("init", "step", "x_dim0"), arr)}
+    data.update({k: (("init", "step", f"{k}_dim0"), v) for k, v in extra.items()})
+    return xr.Dataset(data, coords={"step": steps})
+
+
+def match_err(a, b):
+    """Largest distance between two equal-size eigenvalue sets under the best matching."""
+    assert len(a) == len(b)
+    cost = np.abs(np.asarray(a)[:, None] - np.asarray(b)[None, :])
+    rows, cols = linear_sum_assignment(cost)
+    return cost[rows, cols].max()
+
+
+def miss(found, true):
+    """Largest distance from a true eigenvalue to the nearest found one (any sizes)."""
+    return max(np.abs(found - t).min() for t in true)
+
+
+def dense(y, delays, rank, size=None):
+    lifted = lift(y, delays)
+    x, yy = pairs_of(lifted)
+    return dmd_dense(x.T, yy.T, lifted[:, 0].T, rank, size)
+
+
+# --- known spectrum --------------------------------------------------------------------------
+
+
+def test_dense_and_squared_matrices_recover_known_eigenvalues():
+    _, _, y = observations(0, p=200, inits=5, steps=30)
+    x = np.concatenate([y[i, :-1] for i in range(5)]).T  # D x M, per-init pairs
+    yy = np.concatenate([y[i, 1:] for i in range(5)]).T
+    x0 = y[:, 0].T
+    d, m = x.shape
+    results = [
+        dmd_dense(x, yy, x0, 4),
+        dmd_from_gram(x.T @ x, x.T @ yy, x.T @ x0, 4, d),
+        dmd_from_covariance(x @ x.T, yy @ x.T, x0, 4, m),
+    ]
+    for res in results:
+        assert res.rank == 4 and res.eigenvalues.shape == (4,)
+        assert match_err(res.eigenvalues, TRUE) < 1e-8
+        assert np.all(np.diff(np.abs(res.eigenvalues)) <= 1e-12)  # descending modulus
+
+
+@pytest.mark.parametrize(("p", "steps", "route"), [(200, 30, "gram"), (6, 60, "covariance")])
+def test_decompose_recovers_known_eigenvalues(p, steps, route):
+    _, _, y = observations(1, p=p, inits=5, steps=steps)
+    obs = Observable(dataset(y), ["x"])
+    res, facts = decompose(obs, KoopmanOptions(rank=4))
+    assert facts["route"] == route
+    assert facts["lifted_dim"] == p and facts["n_pairs"] == 5 * (steps - 1)
+    assert match_err(res.eigenvalues, TRUE) < 1e-8
+    if route == "gram":
+        direct = gram_route(obs, 0, 4, p)
+        assert match_err(direct.eigenvalues, TRUE) < 1e-8
+
+
+@pytest.mark.parametrize("delays", [3, 6])
+def test_delays_recover_eigenvalues_from_a_scalar(delays):
+    rng = np.random.default_rng(2)
+    a = system(rng)
+    y = simulate(a, rng.standard_normal((1, 4)), (rng.standard_normal((4, 4)), 40))
+    res, facts = decompose(Observable(dataset(y), ["x"]), KoopmanOptions(delays=delays, rank=4))
+    assert facts["route"] == "covariance"
+    assert facts["lifted_dim"] == delays + 1 and facts["n_pairs"] == 4 * (40 - delays - 1)
+    assert match_err(res.eigenvalues, TRUE) < 1e-8
+    # Without delays a scalar carries one direction only: the spectrum cannot be recovered.
+    flat, _ = decompose(Observable(dataset(y), ["x"]), KoopmanOptions(rank=4))
+    assert flat.rank == 1
+
+
+@pytest.mark.parametrize(("p", "route"), [(200, "gram"), (6, "covariance")])
+def test_pooled_pairs_never_cross_inits(p, route):
+    _, _, y = observations(3, p=p, inits=2, steps=30)
+    res, facts = decompose(Observable(dataset(y), ["x"]), KoopmanOptions(rank=4))
+    assert facts["route"] == route
+    x = np.hstack([y[0, :-1].T, y[1, :-1].T])
+    yy = np.hstack([y[0, 1:].T, y[1, 1:].T])
+    ref = dmd_dense(x, yy, y[:, 0].T, 4)
+    assert match_err(res.eigenvalues, ref.eigenvalues) < 1e-9
+    assert match_err(res.eigenvalues, TRUE) < 1e-8
+    np.testing.assert_allclose(np.abs(res.amplitudes), np.abs(ref.amplitudes), rtol=1e-7)
+    # Concatenating the inits into one series adds a bogus pair (end of 0 -> start of 1).
+    z = np.hstack([y[0].T, y[1].T])
+    naive = dmd_dense(z[:, :-1], z[:, 1:], y[:, 0].T, 4)
+    assert match_err(naive.eigenvalues, TRUE) > 1e-3
+
+
+# --- routes agree ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("p", "steps", "rank"), [(12, 20, "full"), (40, 8, "full"), (12, 20, 6)])
+def test_all_routes_agree_on_random_data(p, steps, rank):
+    rng = np.random.default_rng(4)
+    y = rng.standard_normal((3, steps, p)) * np.logspace(0, -2, p)  # condition ~ 1e2
+    obs = Observable(dataset(y), ["x"])
+    delays = 1
+    d, m = 2 * p, 3 * (steps - 2)
+    ref = dense(y, delays, rank)
+    results = [
+        gram_route(obs, delays, rank, d),
+        covariance_route(obs, delays, rank, m),
+        qr_tall_route(obs, delays, rank, max(d, m)),
+        qr_wide_route(obs, delays, rank, max(d, m)),
+    ]
+    for res in results:
+        assert res.rank == ref.rank == (min(d, m) if rank == "full" else rank)
+        assert match_err(res.eigenvalues, ref.eigenvalues) < 1e-8
+        np.testing.assert_allclose(res.singular_values[: ref.rank], ref.singular_values[: ref.rank])
+        np.testing.assert_allclose(np.abs(res.amplitudes), np.abs(ref.amplitudes), rtol=1e-8)
+
+
+@pytest.mark.parametrize(("p", "steps", "route"), [(200, 30, "qr-tall"), (6, 60, "qr-wide")])
+def test_ill_conditioned_data_take_the_qr_route(p, steps, route):
+    rng = np.random.default_rng(5)
+    _, _, dyn = observations(6, p=p, inits=5, steps=steps)
+    y = 1e-4 * dyn + 1e4 * rng.standard_normal(p)  # constant offset: eigenvalue 1
+    true = np.append(TRUE, 1.0)
+    obs = Observable(dataset(y), ["x"])
+    res, facts = decompose(obs, KoopmanOptions(rank=5))
+    ref = dense(y, 0, 5)
+    assert ref.singular_values[0] / ref.singular_values[4] > 1e8
+    assert facts["route"] == route and res.rank == 5
+    assert match_err(res.eigenvalues, ref.eigenvalues) < 1e-6
+    qr_err = match_err(res.eigenvalues, true)
+    n_pairs = 5 * (steps - 1)
+    squared = gram_route(obs, 0, 5, p) if p > n_pairs else covariance_route(obs, 0, 5, n_pairs)
+    assert qr_err < 1e-6
+    assert qr_err < 1e-3 * miss(squared.eigenvalues, true)
+
+
+# --- rank ------------------------------------------------------------------------------------
+
+
+def test_rank_full_is_numerical_rank_and_integer_rank_is_capped():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((10, 3)) @ rng.standard_normal((3, 40))  # exact rank 3
+    y = rng.standard_normal((10, 40))
+    x0 = x[:, :2]
+    for rank, expect in [("full", 3), (2, 2), (3, 3), (7, 3)]:
+        for res in [
+            dmd_dense(x, y, x0, rank),
+            dmd_from_gram(x.T @ x, x.T @ y, x.T @ x0, rank, 10),
+            dmd_from_covariance(x @ x.T, y @ x.T, x0, rank, 40),
+        ]:
+            assert res.rank == expect
+            assert res.eigenvalues.shape == (expect,) and res.amplitudes.shape == (expect, 2)
+    assert dmd_dense(x, y, x0, "full").singular_values.shape == (10,)
+
+
+def test_select_rank_and_needs_qr():
+    s = np.array([10.0, 1.0, 2e-3, 1e-9])
+    assert select_rank(s, "full", 1e-6) == 3
+    assert select_rank(s, 2, 1e-6) == 2
+    assert select_rank(s, 4, 1e-6) == 3
+    assert select_rank(s, "full", 1e-12) == 4
+    with pytest.raises(ValueError, match="zero"):
+        select_rank(np.zeros(3), "full", 1e-6)
+    assert not needs_qr(s, 2)
+    assert not needs_qr(s, 3)  # 2e-4 * s_max: resolved
+    assert needs_qr(s, 4) and needs_qr(s, "full")  # 1e-10 * s_max: not resolved
+    assert not needs_qr(np.array([1.0, 2e-4]), "full")
+
+
+def test_tsqr_update_streams_the_r_factor():
+    rng = np.random.default_rng(8)
+    z = rng.standard_normal((50, 6))
+    r = None
+    for block in np.split(z, [7, 20, 33]):
+        r = tsqr_update(r, block.copy())
+    np.testing.assert_allclose(np.tril(r, -1), 0.0, atol=1e-14)
+    np.testing.assert_allclose(r.T @ r, z.T @ z, rtol=1e-12, atol=1e-12)
+    ref = scipy.linalg.qr(z, mode="economic")[1]
+    np.testing.assert_allclose(np.abs(r), np.abs(ref), atol=1e-12)
+
+
+def test_tsqr_update_keeps_r_small():
+    """The streamed R stays N x N: memory does not grow with the rows seen."""
+    rng = np.random.default_rng(8)
+    r = None
+    for _ in range(4):
+        r = tsqr_update(r, rng.standard_normal((20, 6)))
+    assert r.shape == (6, 6)
+
+
+# --- delay embedding -------------------------------------------------------------------------
+
+
+def test_lift_layout_is_delay_major():
+    block = np.arange(2 * 4 * 2, dtype=float).reshape(2, 4, 2)  # (inits, L, P)
+    out = lift(block, 2)
+    assert out.shape == (2, 2, 6)
+    np.testing.assert_array_equal(out[0, 0], [0, 1, 2, 3, 4, 5])  # x0, x1, x2
+    np.testing.assert_array_equal(out[0, 1], [2, 3, 4, 5, 6, 7])  # x1, x2, x3
+    np.testing.assert_array_equal(out[1, 1], [10, 11, 12, 13, 14, 15])
+    assert lift(block, 0) is block
+
+
+def test_lifted_gram_is_gram_of_lifted_data():
+    rng = np.random.default_rng(9)
+    inits, steps, p, delays = 3, 9, 4, 2
+    block = rng.standard_normal((inits, steps, p))
+    flat = block.reshape(inits * steps, p)
+    got = lifted_gram(flat @ flat.T, inits, steps, delays)
+    lifted = lift(block, delays).reshape(inits * (steps - delays), -1)
+    m = steps - delays
+    np.testing.assert_allclose(got.reshape(inits * m, inits * m), lifted @ lifted.T, rtol=1e-12)
+
+
+# --- PCA -------------------------------------------------------------------------------------
+
+
+def test_pca_route_matches_sklearn_pca():
+    rng = np.random.default_rng(10)
+    _, _, y = observations(11, p=20, inits=4, steps=25)
+    y = y + 0.05 * rng.standard_normal(y.shape) + 3.0  # offset: PCA must centre
+    k, delays, rank = 5, 2, 5
+    opts = KoopmanOptions(delays=delays, rank=rank, pca=k)
+    res, facts = decompose(Observable(dataset(y), ["x"]), opts)
+    assert facts["route"] == "pca" and facts["lifted_dim"] == k * (delays + 1)
+    scores = PCA(k, svd_solver="full").fit_transform(y.reshape(-1, 20)).reshape(4, 25, k)
+    ref = dense(scores, delays, rank)
+    assert res.rank == rank
+    assert match_err(res.eigenvalues, ref.eigenvalues) < 1e-8
+    # Without centring the eigenvalues would differ: the route does centre.
+    uncentred = y.reshape(-1, 20) @ np.linalg.svd(y.reshape(-1, 20) - y.mean((0, 1)))[2][:k].T
+    wrong = dense(uncentred.reshape(4, 25, k), delays, rank)
+    assert match_err(wrong.eigenvalues, ref.eigenvalues) > 1e-4
+
+
+# --- amplitudes ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("p", "steps"), [(200, 30), (6, 60)])
+def test_amplitudes_reconstruct_the_trajectories(p, steps):
+    a, x0, y = observations(12, p=p, inits=5, steps=steps)
+    res, _ = decompose(Observable(dataset(y), ["x"]), KoopmanOptions(rank=4))
+    b, mu = res.amplitudes, res.eigenvalues
+    # Modes are defined up to scale: fit them to the first snapshots, then predict the rest.
+    modes = y[:, 0].T @ np.linalg.pinv(b)
+    for t in range(steps):
+        pred = (modes * mu[None, :] ** t) @ b
+        np.testing.assert_allclose(pred.real, y[:, t].T, atol=1e-8 * np.abs(y).max())
+    # Ratios across inits are scale free: they equal those of the true modal coordinates.
+    lam, vec = np.linalg.eig(a)
+    z = np.linalg.solve(vec, x0.T)  # (modes, inits)
+    order = [int(np.argmin(np.abs(lam - m))) for m in mu]
+    np.testing.assert_allclose(b / b[:, :1], z[order] / z[order, :1], rtol=1e-7)
+    ref = dense(y, 0, 4)
+    np.testing.assert_allclose(np.abs(b), np.abs(ref.amplitudes), rtol=1e-7)
+
+
+# --- run -------------------------------------------------------------------------------------
+
+
+def test_run_writes_spectrum_of_selected_window_and_observables(tmp_path):
+    rng = np.random.default_rng(13)
+    _, _, y = observations(14, p=8, inits=3, steps=40)
+    steps = 10 * np.arange(40)
+    ds = dataset(y, steps=steps, noise=rng.standard_normal((3, 40, 5)))
+    ds.to_zarr(tmp_path / "traj", zarr_format=3, consolidated=False)
+    opts = KoopmanOptions(observables=["x"], rank=4, window=(50, 250))
+    spec = run(tmp_path / "traj", tmp_path / "spec", opts)
+    ref = dense(y[:, 5:25], 0, 4)
+    assert spec.attrs["n_snapshots"] == 20 and spec.attrs["route"] == "covariance"
+    assert spec.attrs["rank"] == 4 and spec.attrs["observables"] == ["x"]
+    stored = xr.open_zarr(tmp_path / "spec", consolidated=False)
+    assert match_err(stored["eigenvalues"].values, TRUE) < 1e-8
+    np.testing.assert_allclose(stored["eigenvalues"].values, ref.eigenvalues, atol=1e-9)
+    np.testing.assert_allclose(np.abs(stored["amplitudes"].values), np.abs(ref.amplitudes))
