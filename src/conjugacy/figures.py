@@ -47,19 +47,30 @@ def _panels(n: int, size: float = 4.2):
 
 
 def plot_spectra(labels, spectra, panels: list[list[str]], out: Path) -> None:
-    """Eigenvalues on the complex plane with the unit circle, one colour per condition."""
+    """Eigenvalues on the complex plane with the unit circle (top) and zoomed in (bottom)."""
     colours = _colours([c for g in panels for c in g])
-    fig, axes = _panels(len(panels))
+    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 8.4), squeeze=False)
     theta = np.linspace(0, 2 * np.pi, 400)
-    for ax, group in zip(axes, panels, strict=True):
-        ax.plot(np.cos(theta), np.sin(theta), "k--", lw=0.8)
-        for cond in group:
-            ev = np.concatenate([s for (c, _), s in zip(labels, spectra, strict=True) if c == cond])
-            ax.scatter(ev.real, ev.imag, s=14, alpha=0.6, color=colours[cond], label=cond)
-        ax.set_aspect("equal")
-        ax.set_xlabel("Re λ")
-        ax.set_ylabel("Im λ")
-        ax.legend(fontsize=8, loc="lower left")
+    for col, group in enumerate(panels):
+        points = {
+            cond: np.concatenate(
+                [s for (c, _), s in zip(labels, spectra, strict=True) if c == cond]
+            )
+            for cond in group
+        }
+        for ax in axes[:, col]:
+            ax.plot(np.cos(theta), np.sin(theta), "k--", lw=0.8)
+            for cond, ev in points.items():
+                ax.scatter(ev.real, ev.imag, s=14, alpha=0.6, color=colours[cond], label=cond)
+            ax.set_xlabel("Re λ")
+            ax.set_ylabel("Im λ")
+        axes[0, col].set_aspect("equal")
+        axes[0, col].legend(fontsize=8, loc="lower left")
+        every = np.concatenate(list(points.values()))
+        pad = 0.05 * max(np.ptp(every.real), np.ptp(every.imag), 1e-3)
+        axes[1, col].set_xlim(every.real.min() - pad, every.real.max() + pad)
+        axes[1, col].set_ylim(every.imag.min() - pad, every.imag.max() + pad)
+        axes[1, col].set_title("zoomed", fontsize=9)
     fig.suptitle("Koopman eigenvalues (all seeds)")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
