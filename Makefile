@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Jobs call `python -m conjugacy`: the venv's python must come first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format bench clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +25,7 @@ run: install
 	@echo "Figures:   results/default/figures/"
 	@echo "Spectra:   results/default/spectra/<condition>/seed<N>.zarr"
 	@echo
-	@column -s, -t < results/default/conjugacy.csv
+	@python -c "import pandas as pd; print(pd.read_csv('results/default/conjugacy.csv').to_string(index=False))"
 
 lint: install
 	ruff check .
@@ -35,6 +35,9 @@ lint: install
 
 test: install lint
 	pytest
+
+bench: install
+	python benchmarks/dmd_engine.py
 
 format: install
 	ruff format .

@@ -289,3 +289,16 @@ def test_training_killed_midway_leaves_incomplete_store(tmp_path, monkeypatch):
     with pytest.raises(StoreError) as err:
         open_trajectory(out)
     assert str(out) in str(err.value)
+
+
+def test_cuda_condition_without_a_gpu_fails_clearly(tmp_path, monkeypatch):
+    """CI has no GPU: the cuda path must refuse with a message, not a torch traceback."""
+    import torch
+
+    from conjugacy.config import ConfigError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cond = fcn(hidden=3, steps=2, inits=2, device="cuda")
+    with pytest.raises(ConfigError, match="device: cuda"):
+        train(cond, 0, tmp_path / "t.zarr", progress=False)
+    assert not (tmp_path / "t.zarr").exists()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from conjugacy.config import training_config
+from conjugacy.config import ConfigError, training_config
 from conjugacy.recorder import Recorder
 from conjugacy.store import STEP_BLOCK, TrajectoryWriter
 from conjugacy.systems.shapes import recorded_snapshots, tensor_shapes
@@ -19,11 +20,20 @@ log = logging.getLogger(__name__)
 def make_system(cond: dict[str, Any], seed: int):
     """The batched system of a condition: a toy optimizer or a stack of nets."""
     if cond["system"] == "fcn":
+        # cuBLAS is deterministic only with a fixed workspace; set before CUDA starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         import torch
 
         from conjugacy.systems.fcn import FCN
 
+        if cond["device"] == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "device: cuda is set but torch finds no CUDA device "
+                f"(torch {torch.__version__}); set device: cpu or run where a GPU is visible"
+            )
         torch.use_deterministic_algorithms(True)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
         return FCN(cond, seed, device=cond["device"]), "float32"
     from conjugacy.systems.toys import Toy
 
