@@ -136,7 +136,7 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("trajectory", type=Path)
     k.add_argument("-o", "--output", type=Path, required=True, help="spectrum store to write")
     k.add_argument(
-        "--observable", action="append", help="recorded tensor to use (repeat; default: all)"
+        "--observable", action="extend", nargs="+", help="recorded tensors to use (default: all)"
     )
     k.add_argument("--delays", type=_nonneg, default=0, help="time delays n (default 0)")
     k.add_argument("--rank", type=_rank, default="full", help="truncation rank or 'full'")
