@@ -31,6 +31,7 @@ VERDICT_COLUMNS = [
     "w_within_sd",
     "p_value",
     "verdict",
+    "excluded",
 ]
 
 

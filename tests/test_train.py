@@ -270,7 +270,8 @@ def test_incomplete_recording_is_refused(tmp_path):
     assert str(path) in str(err.value)
 
 
-def test_training_killed_midway_leaves_incomplete_store(tmp_path, monkeypatch):
+def test_training_killed_midway_leaves_no_store_at_the_output(tmp_path, monkeypatch):
+    """The partial store stays in the working directory, marked incomplete."""
     cond = resolved(system="omd", steps=10)
     calls = {"n": 0}
     original = Toy.step
@@ -286,9 +287,11 @@ def test_training_killed_midway_leaves_incomplete_store(tmp_path, monkeypatch):
     out = tmp_path / "killed.zarr"
     with pytest.raises(KeyboardInterrupt):
         train(cond, 0, out, progress=False)
-    with pytest.raises(StoreError) as err:
-        open_trajectory(out)
-    assert str(out) in str(err.value)
+    assert not out.exists()
+    partial = out.with_name(out.name + ".partial") / "trajectory.zarr"
+    with pytest.raises(StoreError, match="incomplete") as err:
+        open_trajectory(partial)
+    assert str(partial) in str(err.value)
 
 
 def test_cuda_condition_without_a_gpu_fails_clearly(tmp_path, monkeypatch):

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 import collections
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import xarray as xr
 import yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from conftest import copy_project, snakemake, write_config
 
 TINY = {
     "experiment": "tiny",
@@ -46,33 +42,12 @@ TINY = {
 }
 
 
-def write_config(path: Path, cfg: dict) -> Path:
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A copy of the workflow with the tiny experiment already run once."""
-    root = tmp_path_factory.mktemp("project")
-    for name in ("Snakefile", "workflow", "src", "config", "envs"):
-        src = REPO / name
-        if src.is_dir():
-            shutil.copytree(
-                src, root / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__")
-            )
-        else:
-            shutil.copy(src, root / name)
+    root = copy_project(tmp_path_factory.mktemp("project"))
     config = write_config(root / "tiny.yaml", TINY)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    run = subprocess.run(
-        ["snakemake", "--cores", "2", "--configfile", str(config), "--quiet", "rules"],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    assert run.returncode == 0, run.stderr[-4000:]
+    snakemake(root, "--cores", "2", "--configfile", str(config), "--quiet", "rules")
     return root
 
 
@@ -119,7 +94,7 @@ def test_outputs_follow_the_contracts(project: Path) -> None:
     table = pd.read_csv(out / "conjugacy.csv")
     assert list(table.columns) == [
         "condition_a", "condition_b", "n_between", "w_between_mean", "w_between_sd",
-        "n_within", "w_within_mean", "w_within_sd", "p_value", "verdict",
+        "n_within", "w_within_mean", "w_within_sd", "p_value", "verdict", "excluded",
     ]  # fmt: skip
     assert table[["condition_a", "condition_b"]].values.tolist() == [
         ["omd", "ogd"],

@@ -85,7 +85,15 @@ def cmd_train(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    train(cond, args.seed, args.output, experiment, args.condition, progress=not args.quiet)
+    train(
+        cond,
+        args.seed,
+        args.output,
+        experiment,
+        args.condition,
+        progress=not args.quiet,
+        checkpoint_dir=args.checkpoint_dir,
+    )
 
 
 def cmd_koopman(args: argparse.Namespace) -> None:
@@ -98,7 +106,7 @@ def cmd_koopman(args: argparse.Namespace) -> None:
         window=args.window,
         pca=args.pca,
     )
-    spectrum = run(args.trajectory, args.output, opts)
+    spectrum = run(args.trajectory, args.output, opts, skip_diverged=args.skip_diverged)
     log.info("wrote %s: %d eigenvalues", args.output, spectrum.sizes["mode"])
 
 
@@ -116,6 +124,22 @@ def cmd_figures(args: argparse.Namespace) -> None:
         log.info("wrote %s", path)
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from conjugacy.verify import verify
+
+    table = verify(args.results)
+    if table.empty:
+        print(f"no stores under {args.results}", file=sys.stderr)
+        return 1
+    with pd.option_context("display.max_colwidth", 200, "display.width", 250):
+        print(table.to_string(index=False))
+    bad = table[table.problem != ""]
+    print(f"{len(table) - len(bad)} of {len(table)} stores are whole", file=sys.stderr)
+    return 1 if len(bad) else 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="conjugacy", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -130,6 +154,11 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("-o", "--output", type=Path, required=True, help="trajectory store to write")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        help="where the store is built and checkpoints kept (default: OUTPUT.partial)",
+    )
     t.set_defaults(func=cmd_train)
 
     k = sub.add_parser("koopman", help="Koopman eigenvalues of a trajectory store by DMD")
@@ -142,6 +171,11 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument("--rank", type=_rank, default="full", help="truncation rank or 'full'")
     k.add_argument("--window", type=_window, help="START:STOP optimizer steps [start, stop)")
     k.add_argument("--pca", type=_positive, help="project on this many principal components first")
+    k.add_argument(
+        "--skip-diverged",
+        action="store_true",
+        help="for a diverged trajectory, write an 'excluded' spectrum instead of failing",
+    )
     k.set_defaults(func=cmd_koopman)
 
     c = sub.add_parser("compare", help="W between spectra and conjugacy verdicts")
@@ -159,6 +193,10 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--comparison", type=Path, required=True, help="compare stage's folder")
     f.add_argument("-o", "--output", type=Path, required=True, help="figure folder")
     f.set_defaults(func=cmd_figures)
+
+    v = sub.add_parser("verify", help="check every store of an experiment (reads every chunk)")
+    v.add_argument("results", type=Path, help="results/<experiment>")
+    v.set_defaults(func=cmd_verify)
     return p
 
 
@@ -168,8 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     from conjugacy.store import StoreError
 
     try:
-        args.func(args)
+        return args.func(args) or 0
     except (ConfigError, StoreError) as exc:
         print(f"conjugacy {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    except OSError as exc:  # disk full, read-only or missing directory
+        print(f"conjugacy {args.command}: error: cannot write or read: {exc}", file=sys.stderr)
+        return 2

@@ -12,7 +12,7 @@ import xarray as xr
 
 from conjugacy.distance import pairwise
 from conjugacy.stats import verdict
-from conjugacy.store import StoreError, open_spectrum, write_dataset
+from conjugacy.store import StoreError, open_spectrum, read, write_dataset
 
 VERDICT_COLUMNS = [
     "condition_a",
@@ -25,6 +25,7 @@ VERDICT_COLUMNS = [
     "w_within_sd",
     "p_value",
     "verdict",
+    "excluded",
 ]
 
 
@@ -41,16 +42,22 @@ def label(path: Path, ds: xr.Dataset) -> tuple[str, int]:
     return path.parent.name, int(match.group(1))
 
 
-def load_spectra(paths: list[str | Path]) -> tuple[list[tuple[str, int]], list[np.ndarray]]:
-    labels, spectra = [], []
+def load_spectra(
+    paths: list[str | Path],
+) -> tuple[list[tuple[str, int]], list[np.ndarray], dict[tuple[str, int], str]]:
+    """(labels, eigenvalues) of the usable spectra, and why each excluded one was left out."""
+    labels, spectra, excluded = [], [], {}
     for p in map(Path, paths):
         ds = open_spectrum(p)
         key = label(p, ds)
-        if key in labels:
+        if key in labels or key in excluded:
             raise StoreError(f"spectrum store {p} repeats condition {key[0]!r} seed {key[1]}")
+        if ds.attrs.get("status") == "excluded":
+            excluded[key] = str(ds.attrs.get("excluded", "excluded"))
+            continue
         labels.append(key)
-        spectra.append(ds["eigenvalues"].values)
-    return labels, spectra
+        spectra.append(read(ds, "eigenvalues", (slice(None),)))
+    return labels, spectra, excluded
 
 
 def distances_dataset(labels: list[tuple[str, int]], w: np.ndarray) -> xr.Dataset:
@@ -82,18 +89,24 @@ def verdict_table(
     alpha: float,
     max_ratio: float,
     permutations: int,
+    excluded: dict[tuple[str, int], str] | None = None,
 ) -> pd.DataFrame:
+    """One verdict per pair; spectra left out (diverged runs) are named in `excluded`."""
     rows = []
-    present = {c for c, _ in labels}
+    excluded = excluded or {}
+    present = {c for c, _ in labels} | {c for c, _ in excluded}
     for a, b in pairs:
         for c in (a, b):
             if c not in present:
                 raise StoreError(f"no spectrum of condition {c!r} among the inputs")
         ia = [i for i, (c, _) in enumerate(labels) if c == a]
         ib = [i for i, (c, _) in enumerate(labels) if c == b]
-        idx = np.array(ia + ib)
+        idx = np.array(ia + ib, dtype=int)
         v = verdict(w[np.ix_(idx, idx)], len(ia), alpha, max_ratio, permutations)
-        rows.append({"condition_a": a, "condition_b": b, **asdict(v)})
+        left_out = "; ".join(
+            f"{c}/seed{s}: {why}" for (c, s), why in sorted(excluded.items()) if c in (a, b)
+        )
+        rows.append({"condition_a": a, "condition_b": b, **asdict(v), "excluded": left_out})
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
@@ -106,12 +119,12 @@ def run(
     permutations: int = 9999,
 ) -> pd.DataFrame:
     """Write distances.zarr, distances.csv and conjugacy.csv under outdir."""
-    labels, values = load_spectra(spectra)
+    labels, values, excluded = load_spectra(spectra)
     if pairs is None:
-        conds = list(dict.fromkeys(c for c, _ in labels))
+        conds = list(dict.fromkeys(c for c, _ in [*labels, *excluded]))
         pairs = [(a, b) for i, a in enumerate(conds) for b in conds[i + 1 :]]
     w = pairwise(values)
-    table = verdict_table(labels, w, pairs, alpha, max_ratio, permutations)
+    table = verdict_table(labels, w, pairs, alpha, max_ratio, permutations, excluded)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     write_dataset(distances_dataset(labels, w), outdir / "distances.zarr")

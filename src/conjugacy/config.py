@@ -141,6 +141,8 @@ def _check_condition(name: str, cond: dict[str, Any]) -> None:
         low, high = cond["domain"]
         if not low < high:
             raise ConfigError(f"config key {key}.domain: expected [low, high] with low < high")
+    if cond.get("device") == "cuda" and cond.get("gpus") == 0:
+        raise ConfigError(f"config key {key}.gpus: device cuda needs at least 1 GPU, got 0")
     shapes = tensor_shapes(cond)
     if cond["system"] == "fcn":
         for tensor in cond["record"]:

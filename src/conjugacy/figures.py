@@ -104,6 +104,9 @@ def plot_w_distributions(distances: xr.Dataset, verdicts: pd.DataFrame, out: Pat
     w = distances["w"]
 
     def upper(a: str, b: str) -> np.ndarray:
+        present = set(w["condition_a"].values)
+        if a not in present or b not in present:  # every seed of it was excluded
+            return np.zeros(0)
         m = w.sel(condition_a=a, condition_b=b).values
         if a == b:
             m = m[np.triu_indices_from(m, k=1)]
@@ -130,7 +133,7 @@ def plot_loss(trajectories: list[Path], panels: list[list[str]], out: Path) -> N
     fig, axes = _panels(len(panels))
     seen: set[str] = set()
     for path in trajectories:
-        ds = open_trajectory(path)
+        ds = open_trajectory(path, allow_diverged=True)
         cond = str(ds.attrs.get("condition") or Path(path).parent.name)
         if cond not in panel_of or "loss" not in ds:
             continue
@@ -164,7 +167,7 @@ def run(
     """Draw every figure from the stage outputs; comparison is the compare stage's folder."""
     comparison, outdir = Path(comparison), Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    labels, values = load_spectra(spectra)
+    labels, values, _ = load_spectra(spectra)
     distances = open_store(comparison / "distances.zarr", "distances")
     verdicts = pd.read_csv(comparison / "conjugacy.csv")
     conditions = list(dict.fromkeys(c for c, _ in labels))

@@ -188,9 +188,32 @@ def spectrum_dataset(result: DMDResult, attrs: dict[str, Any]) -> xr.Dataset:
     )
 
 
-def run(trajectory: str | Path, out: str | Path, opts: KoopmanOptions) -> xr.Dataset:
-    """Open, check the options against the store, decompose, and write the spectrum store."""
-    ds = open_trajectory(trajectory)
+def excluded_dataset(ds: xr.Dataset, attrs: dict[str, Any]) -> xr.Dataset:
+    """A spectrum with no eigenvalues that says why: its trajectory diverged."""
+    empty = np.zeros(0, dtype=np.complex128)
+    reason = (
+        f"trajectory diverged at step {ds.attrs.get('diverged_step')} "
+        f"({ds.attrs.get('diverged_reason', 'non-finite values')})"
+    )
+    return xr.Dataset(
+        {
+            "eigenvalues": ("mode", empty),
+            "amplitudes": (("mode", "init"), np.zeros((0, ds.sizes["init"]), np.complex128)),
+            "singular_values": ("component", np.zeros(0)),
+        },
+        attrs={**attrs, "rank": 0, "excluded": reason},
+    )
+
+
+def run(
+    trajectory: str | Path, out: str | Path, opts: KoopmanOptions, skip_diverged: bool = False
+) -> xr.Dataset:
+    """Open, check the options against the store, decompose, and write the spectrum store.
+
+    A diverged trajectory is refused, or with `skip_diverged` (as the
+    workflow asks) answered by an `excluded` spectrum for compare to report.
+    """
+    ds = open_trajectory(trajectory, allow_diverged=skip_diverged)
     available = tensor_variables(ds)
     shapes = {n: tuple(ds[n].shape[2:]) for n in available}
     names = opts.observables or available
@@ -201,8 +224,6 @@ def run(trajectory: str | Path, out: str | Path, opts: KoopmanOptions) -> xr.Dat
         ds.sizes["init"],
         label=lambda key: f"option --{key} (store {trajectory})",
     )
-    obs = Observable(ds, list(names), opts.window)
-    result, facts = decompose(obs, opts)
     settings = {
         "observables": list(names),
         "delays": opts.delays,
@@ -211,7 +232,14 @@ def run(trajectory: str | Path, out: str | Path, opts: KoopmanOptions) -> xr.Dat
         "pca": opts.pca,
     }
     source = {k: ds.attrs[k] for k in ("experiment", "condition", "seed") if k in ds.attrs}
-    attrs = {**source, **settings, **facts, "trajectory": str(trajectory)}
-    spectrum = spectrum_dataset(result, attrs)
+    attrs = {**source, **settings, "trajectory": str(trajectory)}
+    if ds.attrs.get("status") == "diverged":
+        spectrum = excluded_dataset(ds, attrs)
+        log.warning("%s: %s; wrote an excluded spectrum", trajectory, spectrum.attrs["excluded"])
+        write_dataset(spectrum, out, status="excluded")
+        return spectrum
+    obs = Observable(ds, list(names), opts.window)
+    result, facts = decompose(obs, opts)
+    spectrum = spectrum_dataset(result, {**attrs, **facts})
     write_dataset(spectrum, out)
     return spectrum

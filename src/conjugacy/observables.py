@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import xarray as xr
 
+from conjugacy.store import StoreError, read
+
 BUDGET = 1 << 23  # float64 values per block read (64 MiB)
 
 
@@ -41,11 +43,16 @@ class Observable:
 
     def _read(self, name: str, t0: int, t1: int, rows: slice = slice(None)) -> np.ndarray:
         """(inits, t1 - t0, values) float64 block of one tensor, rows of its first axis."""
-        var = self.ds[name].variable
         index = (slice(None), slice(self.t0 + t0, self.t0 + t1))
-        if var.ndim > 2:
+        if self.ds[name].ndim > 2:
             index += (rows,)
-        block = np.asarray(var[index].values, dtype=np.float64)
+        block = read(self.ds, name, index).astype(np.float64, copy=False)
+        if not np.isfinite(block).all():
+            raise StoreError(
+                f"store {self.ds.encoding.get('source', '?')}: variable {name!r} has non-finite "
+                f"values in steps {self.steps[t0]}..{self.steps[t1 - 1]} (a missing chunk or "
+                "damaged data)"
+            )
         return block.reshape(block.shape[0], block.shape[1], -1)
 
     def param_blocks(self, budget: int = BUDGET) -> Iterator[np.ndarray]:

@@ -16,7 +16,9 @@ from conjugacy.store import TrajectoryWriter
 class Recorder:
     """Collects snapshots of the recorded tensors and flushes full blocks."""
 
-    def __init__(self, writer: TrajectoryWriter, inits: int, dtype: str, block: int) -> None:
+    def __init__(
+        self, writer: TrajectoryWriter, inits: int, dtype: str, block: int, start: int = 0
+    ) -> None:
         self.writer = writer
         self.block = block
         self.buffers = {
@@ -24,7 +26,7 @@ class Recorder:
             for name, shape in writer.tensors.items()
         }
         self.loss = np.empty((inits, block), dtype=np.float64)
-        self.start = 0  # store index of the first buffered snapshot
+        self.start = start  # store index of the first buffered snapshot (> 0 on resume)
         self.filled = 0
 
     def record(self, tensors: Mapping[str, np.ndarray], loss: np.ndarray) -> None:

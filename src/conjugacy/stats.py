@@ -111,7 +111,7 @@ def verdict(
         call = decide(p, p_min, between.mean() / within.mean(), alpha, max_ratio)
     return Verdict(
         n_between=int(between.size),
-        w_between_mean=float(between.mean()),
+        w_between_mean=float(between.mean()) if between.size else float("nan"),
         w_between_sd=sd(between),
         n_within=int(within.size),
         w_within_mean=float(within.mean()) if within.size else float("nan"),

@@ -4,7 +4,11 @@ Trajectory store: one variable per recorded tensor with dims
 ("init", "step", <name>_dim0, ...), a `loss` variable ("init", "step"), a
 `step` coordinate holding optimizer steps, and provenance attributes. It is
 pre-created empty and filled one block of steps at a time (region writes), so
-a trajectory never has to fit in memory; `status` = "complete" is written last.
+a trajectory never has to fit in memory.
+
+Integrity: every chunk of every store carries a CRC32C checksum (verified by
+zarr on each read), and the attributes written last hold `status` and, per
+variable, the number of chunks it must have; a killed job leaves neither.
 """
 
 from __future__ import annotations
@@ -19,10 +23,14 @@ from typing import Any
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.codecs import Crc32cCodec
 
 STEP_BLOCK = 64  # steps per chunk; a chunk also holds every init of the tensor rows in it
 CHUNK_VALUES = 1 << 21  # target values per chunk (16 MiB of float64)
 RESERVED = ("loss",)
+
+CHECKSUM = (Crc32cCodec(),)  # bytes-to-bytes codecs of every array we write
+STATUSES = ("complete", "diverged")  # a finished trajectory; anything else is partial
 
 # Snakemake writes .snakemake_timestamp into declared directory outputs.
 warnings.filterwarnings("ignore", message=r".*\.snakemake_timestamp.*")
@@ -58,7 +66,12 @@ def chunk_shape(inits: int, shape: tuple[int, ...], step_block: int) -> tuple[in
 
 
 class TrajectoryWriter:
-    """Creates an empty trajectory store and fills it block by block."""
+    """Creates an empty trajectory store and fills it block by block.
+
+    `resume=True` reopens a store this class created before (after a kill),
+    keeping what it holds: region writes are repeatable, so the steps after
+    the last checkpoint are simply written again.
+    """
 
     def __init__(
         self,
@@ -69,10 +82,14 @@ class TrajectoryWriter:
         dtype: str,
         attrs: dict[str, Any],
         step_block: int = STEP_BLOCK,
+        resume: bool = False,
     ) -> None:
         self.path = Path(path)
         self.tensors = dict(tensors)
         self.n_steps = len(steps)
+        if resume:
+            self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
+            return
         block = min(step_block, self.n_steps)
         group = zarr.open_group(self.path, mode="w", zarr_format=3)
         for name, shape in self.tensors.items():
@@ -82,6 +99,7 @@ class TrajectoryWriter:
                 chunks=chunk_shape(inits, shape, block),
                 dtype=dtype,
                 fill_value=np.nan,
+                compressors=CHECKSUM,
                 dimension_names=dim_names(name, len(shape)),
             )
         group.create_array(
@@ -90,11 +108,16 @@ class TrajectoryWriter:
             chunks=(inits, block),
             dtype="float64",
             fill_value=np.nan,
+            compressors=CHECKSUM,
             dimension_names=("init", "step"),
         )
         for coord, values in (("step", np.asarray(steps)), ("init", np.arange(inits))):
             arr = group.create_array(
-                coord, shape=values.shape, dtype="int64", dimension_names=(coord,)
+                coord,
+                shape=values.shape,
+                dtype="int64",
+                compressors=CHECKSUM,
+                dimension_names=(coord,),
             )
             arr[:] = values
         group.attrs.update({**attrs, "status": "incomplete", "versions": package_versions()})
@@ -109,9 +132,27 @@ class TrajectoryWriter:
             self.group[name][:, start : start + k] = block
         self.group["loss"][:, start : start + k] = loss
 
-    def close(self) -> None:
-        """Mark the store complete: the last thing written, so a killed job leaves none."""
-        self.group.attrs["status"] = "complete"
+    def close(self, status: str = "complete", **extra: Any) -> None:
+        """Seal the store: chunk counts and status, the last things written."""
+        seal(self.group, status, **extra)
+
+
+def seal(group: zarr.Group, status: str, **extra: Any) -> None:
+    """Write the integrity attribute (chunks per variable) and the status, last."""
+    integrity = {name: int(arr.nchunks_initialized) for name, arr in group.arrays()}
+    group.attrs.update({**extra, "integrity": integrity, "status": status})
+
+
+def _damaged_metadata(path: Path) -> str | None:
+    """Name of the first node whose zarr.json is missing or not valid JSON, if any."""
+    import json
+
+    for meta in sorted(path.rglob("zarr.json")):
+        try:
+            json.loads(meta.read_text())
+        except (OSError, ValueError):
+            return str(meta.parent.relative_to(path)) or "<root>"
+    return None
 
 
 def open_store(path: str | Path, kind: str) -> xr.Dataset:
@@ -122,9 +163,39 @@ def open_store(path: str | Path, kind: str) -> xr.Dataset:
     if not (path / "zarr.json").is_file() and not (path / ".zgroup").is_file():
         raise StoreError(f"{path} is not a Zarr store (no zarr.json): expected a {kind} store")
     try:
-        return xr.open_zarr(path, consolidated=False, chunks=None)
+        ds = xr.open_zarr(path, consolidated=False, chunks=None)
     except Exception as exc:  # zarr/xarray raise many types for a damaged store
-        raise StoreError(f"{kind} store {path} cannot be read: {exc}") from exc
+        node = _damaged_metadata(path)
+        where = f": the metadata of {node!r} is damaged" if node else ""
+        raise StoreError(f"{kind} store {path} cannot be read{where} ({exc})") from exc
+    ds.encoding["source"] = str(path)  # for messages about this store
+    return ds
+
+
+def check_integrity(ds: xr.Dataset, path: str | Path, kind: str) -> None:
+    """Every variable must have as many chunks as when the store was sealed."""
+    expected = ds.attrs.get("integrity")
+    if expected is None:  # written by another program: nothing to check against
+        return
+    group = zarr.open_group(Path(path), mode="r", zarr_format=3)
+    for name, count in expected.items():
+        if name not in group:
+            raise StoreError(f"{kind} store {path}: variable {name!r} is missing")
+        found = int(group[name].nchunks_initialized)
+        if found != count:
+            raise StoreError(
+                f"{kind} store {path}: variable {name!r} has {found} of its {count} chunks "
+                "(the store is damaged or was truncated)"
+            )
+
+
+def read(ds: xr.Dataset, name: str, index: tuple) -> np.ndarray:
+    """ds[name][index] as numpy; a chunk that fails its checksum is a StoreError naming both."""
+    try:
+        return np.asarray(ds[name].variable[index].values)
+    except Exception as exc:
+        path = ds.encoding.get("source", "?")
+        raise StoreError(f"store {path}: variable {name!r} is damaged ({exc})") from exc
 
 
 def tensor_variables(ds: xr.Dataset) -> list[str]:
@@ -136,8 +207,12 @@ def tensor_variables(ds: xr.Dataset) -> list[str]:
     ]
 
 
-def open_trajectory(path: str | Path) -> xr.Dataset:
-    """Open a trajectory store and check it follows the contract."""
+def open_trajectory(path: str | Path, allow_diverged: bool = False) -> xr.Dataset:
+    """Open a trajectory store and check it follows the contract and is whole.
+
+    A diverged trajectory (training stopped at a non-finite loss or
+    parameter) is refused unless `allow_diverged`.
+    """
     ds = open_store(path, "trajectory")
     if "step" not in ds.dims or "init" not in ds.dims:
         raise StoreError(
@@ -149,24 +224,39 @@ def open_trajectory(path: str | Path) -> xr.Dataset:
             f"variables: {sorted(ds.data_vars)}"
         )
     status = ds.attrs.get("status", "complete")
-    if status != "complete":
-        raise StoreError(f"trajectory store {path} is {status!r}, not 'complete'")
+    if status == "diverged" and not allow_diverged:
+        raise StoreError(
+            f"trajectory store {path} diverged at step {ds.attrs.get('diverged_step')} "
+            f"({ds.attrs.get('diverged_reason', 'non-finite values')}): no spectrum from it"
+        )
+    if status not in STATUSES:
+        raise StoreError(f"trajectory store {path} is {status!r}, not complete: rerun its training")
+    check_integrity(ds, path, "trajectory")
     if "step" not in ds.coords:
         ds = ds.assign_coords(step=np.arange(ds.sizes["step"]))
     return ds
 
 
-def write_dataset(ds: xr.Dataset, path: str | Path) -> None:
-    """Write a small dataset as a Zarr v3 store (spectra, distances)."""
-    ds.to_zarr(Path(path), mode="w", consolidated=False, zarr_format=3)
+def write_dataset(ds: xr.Dataset, path: str | Path, status: str = "complete") -> None:
+    """Write a small dataset as a checksummed Zarr v3 store (spectra, distances), sealed last."""
+    encoding = {name: {"compressors": CHECKSUM} for name in ds.variables}
+    ds.to_zarr(Path(path), mode="w", consolidated=False, zarr_format=3, encoding=encoding)
+    seal(zarr.open_group(Path(path), mode="r+", zarr_format=3), status)
 
 
 def open_spectrum(path: str | Path) -> xr.Dataset:
-    """Open a spectrum store and check it has eigenvalues."""
+    """Open a spectrum store and check it has eigenvalues and is whole.
+
+    An `excluded` spectrum (of a diverged trajectory) opens: it says why it
+    has no eigenvalues, for compare to report.
+    """
     ds = open_store(path, "spectrum")
     if "eigenvalues" not in ds:
         raise StoreError(
             f"spectrum store {path} has no 'eigenvalues' variable; "
             f"variables: {sorted(ds.data_vars)}"
         )
+    if ds.attrs.get("status", "complete") not in ("complete", "excluded"):
+        raise StoreError(f"spectrum store {path} is {ds.attrs['status']!r}, not complete")
+    check_integrity(ds, path, "spectrum")
     return ds

@@ -1,20 +1,36 @@
-"""Stage 1: train one (condition, seed) with all its inits and record the trajectory."""
+"""Stage 1: train one (condition, seed) with all its inits and record the trajectory.
+
+The store is built in a working directory outside the declared output
+(Snakemake deletes a declared output before a job runs), next to a
+checkpoint of the training state taken every `checkpoint_every` steps. A
+job killed or out of wall time resumes from its last checkpoint, and only a
+finished store is moved to the output path, so a partial store never stands
+where a complete one is expected. Training stops at the first non-finite
+loss or recorded parameter and seals the store as `diverged`.
+"""
 
 from __future__ import annotations
 
+import bisect
 import logging
 import os
+import pickle
+import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
-from conjugacy.config import ConfigError, training_config
+from conjugacy.config import ConfigError, training_config, training_json
 from conjugacy.recorder import Recorder
 from conjugacy.store import STEP_BLOCK, TrajectoryWriter
 from conjugacy.systems.shapes import recorded_snapshots, tensor_shapes
 
 log = logging.getLogger(__name__)
+
+STORE = "trajectory.zarr"
+STATE = "state.pkl"
 
 
 def make_system(cond: dict[str, Any], seed: int):
@@ -40,6 +56,45 @@ def make_system(cond: dict[str, Any], seed: int):
     return Toy(cond, seed), "float64"
 
 
+def working_dir(out: Path, checkpoint_dir: str | Path | None) -> Path:
+    """Where the store is built and checkpoints kept: given, or beside the output."""
+    return Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".partial")
+
+
+def save_checkpoint(work: Path, key: str, next_step: int, system) -> None:
+    """The training state after `next_step` updates, replaced atomically."""
+    tmp = work / (STATE + ".tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump({"key": key, "next_step": next_step, "system": system.state()}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, work / STATE)
+
+
+def load_checkpoint(work: Path, key: str) -> dict[str, Any] | None:
+    """The last checkpoint of this exact training (config and seed), if there is one."""
+    path = work / STATE
+    if not (path.is_file() and (work / STORE).is_dir()):
+        return None
+    try:
+        with path.open("rb") as fh:
+            state = pickle.load(fh)
+    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
+        return None
+    return state if state.get("key") == key else None
+
+
+def first_bad(loss: np.ndarray, snapshot: dict[str, np.ndarray] | None) -> str | None:
+    """Why a step is not finite (loss or a recorded tensor), or None."""
+    if not np.isfinite(loss).all():
+        return "non-finite loss"
+    for name, values in (snapshot or {}).items():
+        if not np.isfinite(values).all():
+            return f"non-finite {name}"
+    return None
+
+
 def train(
     cond: dict[str, Any],
     seed: int,
@@ -47,12 +102,25 @@ def train(
     experiment: str = "",
     condition: str = "",
     progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
 ) -> Path:
-    """Run every init of one seed for cond['steps'] updates and write the store at `out`."""
+    """Run every init of one seed for cond['steps'] updates; the store ends up at `out`."""
+    out = Path(out)
     system, dtype = make_system(cond, seed)
     shapes = tensor_shapes(cond)
     record = cond.get("record", sorted(shapes))
     steps = recorded_snapshots(cond)
+    work = working_dir(out, checkpoint_dir)
+    key = f"{training_json(cond)}|seed={seed}"
+    state = load_checkpoint(work, key)
+    start = 0
+    if state is None:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+    else:
+        system.load_state(state["system"])
+        start = state["next_step"]
+        log.info("resuming %s seed %d from its checkpoint at step %d", condition, seed, start)
     attrs = {
         "experiment": experiment,
         "condition": condition,
@@ -60,15 +128,37 @@ def train(
         "config": training_config(cond),
     }
     writer = TrajectoryWriter(
-        out, {n: shapes[n] for n in record}, steps, system.inits, dtype, attrs
+        work / STORE,
+        {n: shapes[n] for n in record},
+        steps,
+        system.inits,
+        dtype,
+        attrs,
+        resume=state is not None,
     )
-    recorder = Recorder(writer, system.inits, dtype, block=min(STEP_BLOCK, len(steps)))
-    every = cond["record_every"]
-    log.info("training %s seed %d: %d inits, %d steps", condition, seed, system.inits, steps[-1])
-    for t in tqdm(range(cond["steps"] + 1), disable=not progress, mininterval=2.0, desc="train"):
+    recorder = Recorder(
+        writer, system.inits, dtype, min(STEP_BLOCK, len(steps)), bisect.bisect_left(steps, start)
+    )
+    every, total, ckpt = cond["record_every"], cond["steps"], cond["checkpoint_every"]
+    log.info("training %s seed %d: %d inits, %d steps", condition, seed, system.inits, total)
+    for t in tqdm(range(start, total + 1), disable=not progress, mininterval=2.0, desc="train"):
         snap = system.snapshot() if t % every == 0 else None
-        loss = system.step() if t < cond["steps"] else system.loss()
+        loss = system.step() if t < total else system.loss()
         if snap is not None:
             recorder.record(snap, loss)
-    recorder.close()
-    return Path(out)
+        reason = first_bad(loss, snap)
+        if reason is not None:
+            log.warning("%s seed %d diverged at step %d: %s", condition, seed, t, reason)
+            recorder.flush()
+            writer.close("diverged", diverged_step=t, diverged_reason=reason)
+            break
+        if ckpt and t < total and (t + 1) % ckpt == 0:
+            recorder.flush()
+            save_checkpoint(work, key, t + 1, system)
+    else:
+        recorder.close()
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work / STORE, out)
+    shutil.rmtree(work)
+    return out

@@ -80,6 +80,23 @@ class FCN:
     def snapshot(self) -> dict[str, np.ndarray]:
         return {n: t.detach().cpu().numpy().copy() for n, t in self.params.items()}
 
+    def state(self) -> dict[str, Any]:
+        """Weights, optimizer state and data order: what the next steps depend on."""
+        return {
+            "params": {n: t.detach().cpu().clone() for n, t in self.params.items()},
+            "optimizer": self.optimizer.state_dict(),
+            "rng": self.rng.bit_generator.state,
+            "order": self.order.copy(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        with torch.no_grad():
+            for name, tensor in state["params"].items():
+                self.params[name].copy_(tensor)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.bit_generator.state = state["rng"]
+        self.order = state["order"].copy()
+
     def loss(self) -> np.ndarray:
         """Loss of every init on the next mini-batch, without an update."""
         with torch.no_grad():

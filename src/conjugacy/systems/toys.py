@@ -55,6 +55,14 @@ class Toy:
     def snapshot(self) -> dict[str, np.ndarray]:
         return {"x": self.x.copy()}
 
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything the next steps depend on, for a checkpoint."""
+        return {k: getattr(self, k).copy() for k in ("x", "a", "b") if hasattr(self, k)}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.copy())
+
     def loss(self) -> np.ndarray:
         """The objective at the current iterate (OGD's iterate is u, the objective f(exp u))."""
         system = self.cond["system"]

@@ -1,0 +1,60 @@
+"""Helpers to run the workflow for real on a copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import xarray as xr
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_PARTS = ("Snakefile", "workflow", "src", "config", "envs")
+
+
+def copy_project(root: Path) -> Path:
+    """The workflow and library copied to `root` (so a test may edit code or break things)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_PARTS:
+        src = REPO / name
+        if src.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(src, root / name, symlinks=True, ignore=ignore)
+        else:
+            shutil.copy(src, root / name)
+    return root
+
+
+def write_config(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def job_env() -> dict[str, str]:
+    """The environment of a workflow run: this interpreter's `python` first on PATH."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+
+
+def snakemake(root: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the snakemake command line in `root`; with check, fail the test on a non-zero exit."""
+    run = subprocess.run(
+        ["snakemake", *args], cwd=root, env=job_env(), capture_output=True, text=True
+    )
+    if check:
+        assert run.returncode == 0, run.stderr[-4000:]
+    return run
+
+
+def assert_stores_identical(a: Path, b: Path) -> None:
+    """Bitwise equality of every variable and coordinate of two stores."""
+    da = xr.open_zarr(a, consolidated=False)
+    db = xr.open_zarr(b, consolidated=False)
+    assert set(da.variables) == set(db.variables), (a, b)
+    for name in da.variables:
+        va, vb = da[name].values, db[name].values
+        assert va.dtype == vb.dtype, (a, name)
+        assert np.array_equal(va, vb, equal_nan=va.dtype.kind in "fc"), (a, name)
