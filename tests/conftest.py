@@ -58,3 +58,26 @@ def assert_stores_identical(a: Path, b: Path) -> None:
         va, vb = da[name].values, db[name].values
         assert va.dtype == vb.dtype, (a, name)
         assert np.array_equal(va, vb, equal_nan=va.dtype.kind in "fc"), (a, name)
+
+
+class StepCounter:
+    """Counts a system's optimizer updates and can stop training after `stop_after` of them.
+
+    Stopping raises KeyboardInterrupt inside the update, as a wall-time
+    limit or a kill would interrupt the job.
+    """
+
+    def __init__(self, monkeypatch, cls, stop_after: float = float("inf")) -> None:
+        self.calls, self.stop_after = 0, stop_after
+        original = cls.step
+
+        def step(system):
+            self.calls += 1
+            if self.calls > self.stop_after:
+                raise KeyboardInterrupt
+            return original(system)
+
+        monkeypatch.setattr(cls, "step", step)
+
+    def reset(self, stop_after: float = float("inf")) -> None:
+        self.calls, self.stop_after = 0, stop_after

@@ -20,7 +20,14 @@ import pandas as pd
 import pytest
 import xarray as xr
 import zarr
-from conftest import assert_stores_identical, copy_project, job_env, snakemake, write_config
+from conftest import (
+    StepCounter,
+    assert_stores_identical,
+    copy_project,
+    job_env,
+    snakemake,
+    write_config,
+)
 
 from conjugacy import config
 from conjugacy.cli import main
@@ -62,48 +69,29 @@ def test_restart_resumes_from_the_last_checkpoint(tmp_path, monkeypatch, system,
     train(cond, 0, reference, progress=False)
     assert not reference.with_name("reference.zarr.partial").exists()  # checkpoints removed
 
-    calls = {"n": 0}
-    original = cls.step
-
-    def counted(self):
-        calls["n"] += 1
-        if calls["n"] > stop_at:  # the wall-time limit strikes during update stop_at
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(cls, "step", counted)
+    counter = StepCounter(monkeypatch, cls, stop_after=stop_at)
     out = tmp_path / "resumed.zarr"
     with pytest.raises(KeyboardInterrupt):
         train(cond, 0, out, progress=False)
     work = out.with_name("resumed.zarr.partial")
     assert (work / STATE).is_file() and not out.exists()
 
-    stopped_at, stop_at = stop_at, 10**9
-    calls["n"] = 0
+    counter.reset()
     train(cond, 0, out, progress=False)
-    resumed_from = 55 - calls["n"]  # the second job ran only the updates after its checkpoint
+    resumed_from = 55 - counter.calls  # the second job ran only the updates after its checkpoint
     assert resumed_from == 30  # the last multiple of k before the stop
-    assert stopped_at - resumed_from <= k  # steps redone <= K
+    assert stop_at - resumed_from <= k  # steps redone <= K
     assert_stores_identical(out, reference)
     assert not work.exists()
 
 
 def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch):
     cond = resolved(system="omd", steps=30, checkpoint_every=5)
-    calls = {"n": 0}
-    original = Toy.step
-
-    def stopping(self):
-        calls["n"] += 1
-        if calls["n"] > 12:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Toy, "step", stopping)
+    counter = StepCounter(monkeypatch, Toy, stop_after=12)
     out = tmp_path / "t.zarr"
     with pytest.raises(KeyboardInterrupt):
         train(cond, 0, out, progress=False)
-    monkeypatch.setattr(Toy, "step", original)
+    counter.reset()
     other = resolved(system="omd", steps=30, checkpoint_every=5, lr=0.02)
     train(other, 0, out, progress=False)
     fresh = tmp_path / "fresh.zarr"
@@ -115,19 +103,12 @@ def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch):
 
 
 def test_divergence_stops_training_and_is_recorded(tmp_path, monkeypatch):
-    calls = {"n": 0}
-    original = FCN.step
-
-    def counted(self):
-        calls["n"] += 1
-        return original(self)
-
-    monkeypatch.setattr(FCN, "step", counted)
+    counter = StepCounter(monkeypatch, FCN)
     path = trajectory(tmp_path, system="fcn", hidden=4, steps=50, inits=2, lr=1e30)
     ds = open_trajectory(path, allow_diverged=True)
     step = ds.attrs["diverged_step"]
     assert ds.attrs["status"] == "diverged" and 0 < step < 50
-    assert calls["n"] == step + 1  # stopped at the first bad step
+    assert counter.calls == step + 1  # stopped at the first bad step
     loss = ds["loss"].values
     assert np.isfinite(loss[:, :step]).all() and not np.isfinite(loss[:, step]).all()
     assert np.isnan(ds["fc2.weight"].values[:, step + 1 :]).all()  # nothing after it

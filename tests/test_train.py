@@ -6,6 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
+from conftest import StepCounter
 
 import conjugacy.train
 from conjugacy import config
@@ -273,16 +274,7 @@ def test_incomplete_recording_is_refused(tmp_path):
 def test_training_killed_midway_leaves_no_store_at_the_output(tmp_path, monkeypatch):
     """The partial store stays in the working directory, marked incomplete."""
     cond = resolved(system="omd", steps=10)
-    calls = {"n": 0}
-    original = Toy.step
-
-    def failing_step(self):
-        calls["n"] += 1
-        if calls["n"] > 5:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Toy, "step", failing_step)
+    StepCounter(monkeypatch, Toy, stop_after=5)
     monkeypatch.setattr(conjugacy.train, "STEP_BLOCK", 2)
     out = tmp_path / "killed.zarr"
     with pytest.raises(KeyboardInterrupt):
