@@ -205,6 +205,13 @@ BAD = [
         mutate("conditions.omd.domain", [0.9, 0.1]),
         ["conditions.omd.domain", "low < high"],
     ),
+    (
+        "cuda without a GPU",
+        mutate("conditions.fcn", {"system": "fcn", "device": "cuda", "gpus": 0}),
+        ["conditions.fcn.gpus", "device cuda needs at least 1"],
+    ),
+    ("negative gpus", mutate("conditions.fcn.gpus", -1), ["conditions.fcn.gpus", "minimum of 0"]),
+    ("gpus on a toy", mutate("conditions.omd.gpus", 1), ["conditions.omd", "gpus", "allowed keys"]),
     ("negative seed", mutate("seeds", [0, -1]), ["seeds.1", "minimum of 0"]),
     (
         "negative condition seed",

@@ -1,4 +1,5 @@
 # Config validation and every input function and path helper of the workflow.
+import errno
 import shlex
 import sys
 from pathlib import Path
@@ -21,10 +22,15 @@ CONDITIONS = CONFIG["conditions"]
 RESULTS = f"results/{CONFIG['experiment']}"
 ENV = "../../envs/conjugacy.yaml"
 # One BLAS/torch thread per declared job thread: parallelism comes from jobs.
-CONJUGACY = (
+JOB_ENV = (
     "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} MKL_NUM_THREADS={threads}"
-    f" PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}} python -m conjugacy"
+    f" PYTHONPATH={shlex.quote(str(SRC))}${{{{PYTHONPATH:+:$PYTHONPATH}}}}"
 )
+CONJUGACY = f"{JOB_ENV} python -m conjugacy"
+# Training sees only the GPUs it holds: gpu_slot.py sets CUDA_VISIBLE_DEVICES
+# to {resources.gpu} devices that no other job holds (none for CPU jobs).
+GPU_SLOT = shlex.quote(str(Path(workflow.basedir) / "workflow/scripts/gpu_slot.py"))
+CONJUGACY_ON_GPUS = f"{JOB_ENV} python {GPU_SLOT} {{resources.gpu}} python -m conjugacy"
 
 
 wildcard_constraints:
@@ -54,6 +60,11 @@ def spectrum(condition, seed):
     return f"{RESULTS}/spectra/{condition}/seed{seed}.zarr"
 
 
+def checkpoint_dir(condition, seed):
+    """Working store and checkpoints of one training: a restarted job resumes from here."""
+    return f"{RESULTS}/checkpoints/{condition}/seed{seed}"
+
+
 def all_trajectories():
     return [trajectory(c, s) for c, s in runs()]
 
@@ -78,7 +89,30 @@ def train_spec(wildcards):
 
 
 def train_gpus(wildcards):
-    return 1 if CONDITIONS[wildcards.condition].get("device") == "cuda" else 0
+    """GPUs a training job requests: the condition's `gpus`, else 1 for device cuda, else 0."""
+    cond = CONDITIONS[wildcards.condition]
+    return cond.get("gpus", 1 if cond.get("device") == "cuda" else 0)
+
+
+def train_group(wildcards):
+    """Cluster job group of a training job: GPU and CPU jobs are bundled apart."""
+    return "train_gpu" if train_gpus(wildcards) else "train"
+
+
+def store_mb(path):
+    """Size of a Zarr store (a directory) in MB.
+
+    A store that does not exist yet raises FileNotFoundError naming it, which
+    tells Snakemake to evaluate the resource again once the input exists.
+    """
+    if not Path(path).is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such Zarr store", str(path))
+    return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6
+
+
+def koopman_mem_mb(wildcards, input, attempt):
+    """Memory of a Koopman job: 1 GB plus twice its trajectory store, times the attempt."""
+    return attempt * (1000 + 2 * round(store_mb(input[0])))
 
 
 def koopman_args(wildcards):

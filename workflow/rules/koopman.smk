@@ -8,13 +8,17 @@ rule koopman:
         f"{RESULTS}/logs/koopman/{{condition}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/koopman/{{condition}}/seed{{seed}}.tsv"
+    group:
+        "koopman"
     conda:
         ENV
     threads: 1
     resources:
-        mem_mb=4000,
+        gpu=0,
+        mem_mb=koopman_mem_mb,
     params:
         options=koopman_args,
         code=stage_code("koopman"),
     shell:
-        CONJUGACY + " koopman {input} -o {output} {params.options} 2> {log}"
+        CONJUGACY
+        + " koopman {input} -o {output} {params.options} --skip-diverged 2> {log}"

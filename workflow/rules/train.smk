@@ -6,6 +6,10 @@ rule train:
         f"{RESULTS}/logs/train/{{condition}}/seed{{seed}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/train/{{condition}}/seed{{seed}}.tsv"
+    # On a cluster, jobs of a group are bundled into fewer submissions
+    # (--group-components); GPU and CPU jobs are bundled apart.
+    group:
+        train_group
     conda:
         ENV
     threads: 1
@@ -15,8 +19,13 @@ rule train:
     params:
         spec=train_spec,
         experiment=CONFIG["experiment"],
+        # Outside the declared output, which Snakemake deletes before a job runs.
+        checkpoints=lambda wildcards: checkpoint_dir(
+            wildcards.condition, wildcards.seed
+        ),
         code=stage_code("train"),
     shell:
-        CONJUGACY + " train --spec {params.spec} --experiment {params.experiment}"
+        CONJUGACY_ON_GPUS
+        + " train --spec {params.spec} --experiment {params.experiment}"
         " --condition {wildcards.condition} --seed {wildcards.seed} --threads {threads}"
-        " -o {output} 2> {log}"
+        " --checkpoint-dir {params.checkpoints} -o {output} 2> {log}"
