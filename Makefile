@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Jobs call `python -m conjugacy`: the venv's python must come first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test test-slurm lint format bench bench-slurm clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,8 +36,16 @@ lint: install
 test: install lint
 	pytest
 
+# The workflow through a real single-node SLURM cluster that it starts (root on
+# Debian; elsewhere it says why it skips).
+test-slurm: install
+	bash tests/slurm/run.sh
+
 bench: install
 	python benchmarks/dmd_engine.py
+
+bench-slurm: install
+	bash benchmarks/slurm_overhead.sh
 
 format: install
 	ruff format .

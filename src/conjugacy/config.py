@@ -236,8 +236,9 @@ def _size(shape: tuple[int, ...]) -> int:
     return n
 
 
-# Condition keys that do not change its trajectories (the seed is a wildcard).
-NOT_TRAINING = ("koopman", "seeds")
+# Condition keys that do not change its trajectories (the seed is a wildcard;
+# `gpus` is what the job requests, `device` decides where it computes).
+NOT_TRAINING = ("koopman", "seeds", "gpus")
 
 
 def training_config(cond: dict[str, Any]) -> dict[str, Any]:
