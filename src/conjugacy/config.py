@@ -18,7 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from conjugacy.systems.shapes import recorded_snapshots, tensor_shapes
+from conjugacy.systems.shapes import DATASET_FILES, recorded_snapshots, tensor_shapes
 
 KOOPMAN_KEYS = ("observables", "delays", "rank", "window", "pca")
 
@@ -143,6 +143,8 @@ def _check_condition(name: str, cond: dict[str, Any]) -> None:
             raise ConfigError(f"config key {key}.domain: expected [low, high] with low < high")
     if cond.get("device") == "cuda" and cond.get("gpus") == 0:
         raise ConfigError(f"config key {key}.gpus: device cuda needs at least 1 GPU, got 0")
+    if cond["system"] == "fcn":
+        _check_data_dir(cond, key)
     shapes = tensor_shapes(cond)
     if cond["system"] == "fcn":
         for tensor in cond["record"]:
@@ -161,6 +163,23 @@ def _check_condition(name: str, cond: dict[str, Any]) -> None:
         cond_inits(cond),
         label=lambda k: f"config key {key}.koopman.{k}",
     )
+
+
+def _check_data_dir(cond: dict[str, Any], key: str) -> None:
+    """A dataset read from files needs a data_dir that has them."""
+    files = DATASET_FILES.get(cond["dataset"])
+    if files is None:
+        return
+    data_dir = cond.get("data_dir")
+    expected = f"expected a folder with {' and '.join(files)} (each may be .gz)"
+    if not data_dir:
+        raise ConfigError(
+            f"config key {key}.data_dir: dataset {cond['dataset']} needs it; {expected}"
+        )
+    folder = Path(data_dir)
+    for name in files:
+        if not ((folder / name).is_file() or (folder / f"{name}.gz").is_file()):
+            raise ConfigError(f"config key {key}.data_dir: {folder} has no {name}; {expected}")
 
 
 def cond_inits(cond: dict[str, Any]) -> int:

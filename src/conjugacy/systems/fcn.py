@@ -51,7 +51,7 @@ class FCN:
             self.params[name] = stacked.to(self.device).requires_grad_(True)
         opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cond["optimizer"]]
         self.optimizer = opt_cls(list(self.params.values()), lr=cond["lr"])
-        x, y = load_dataset(cond["dataset"])
+        x, y = load_dataset(cond["dataset"], cond.get("data_dir"))
         self.x = torch.from_numpy(x).to(self.device)
         self.y = torch.from_numpy(y).to(self.device)
         self.rng = np.random.default_rng([seed, 1])

@@ -8,7 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 # (input features, classes) of the datasets the nets train on.
-DATASET_DIMS: dict[str, tuple[int, int]] = {"digits": (64, 10)}
+DATASET_DIMS: dict[str, tuple[int, int]] = {"digits": (64, 10), "mnist": (784, 10)}
+# The files of each dataset read from data_dir (each may also be gzipped).
+DATASET_FILES: dict[str, tuple[str, ...]] = {
+    "mnist": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+}
 
 
 def tensor_shapes(cond: dict[str, Any]) -> dict[str, tuple[int, ...]]:
