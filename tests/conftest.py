@@ -49,6 +49,43 @@ def snakemake(root: Path, *args: str, check: bool = True) -> subprocess.Complete
     return run
 
 
+def dry_run(root: Path, config: Path) -> list[dict]:
+    """The jobs a dry run through the Snakemake API plans: rule, condition, gpu, group."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import (
+        ConfigSettings,
+        DAGSettings,
+        OutputSettings,
+        Quietness,
+        ResourceSettings,
+        StorageSettings,
+    )
+
+    cwd = os.getcwd()
+    try:
+        with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+            wf = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(configfiles=[config]),
+                storage_settings=StorageSettings(),
+                snakefile=root / "Snakefile",
+                workdir=root,
+            )
+            dag = wf.dag(DAGSettings())
+            dag.execute_workflow(executor="dryrun")
+            return [
+                {
+                    "rule": job.rule.name,
+                    "condition": job.wildcards.get("condition"),
+                    "gpu": job.resources.get("gpu"),
+                    "group": job.group,
+                }
+                for job in dag.workflow_api._workflow.dag.finished_jobs
+            ]
+    finally:
+        os.chdir(cwd)  # the API changes into the workflow's directory
+
+
 def assert_stores_identical(a: Path, b: Path) -> None:
     """Bitwise equality of every variable and coordinate of two stores."""
     da = xr.open_zarr(a, consolidated=False)

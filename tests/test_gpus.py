@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, copy_project, write_config
+from conftest import REPO, copy_project, dry_run, write_config
 
 SLOT = REPO / "workflow" / "scripts" / "gpu_slot.py"
 # Prints the devices it was given and when it started, then holds them a while.
@@ -95,36 +95,11 @@ CONFIG = {
 
 def planned_train_jobs(root: Path, config: Path) -> dict[str, tuple[int, str]]:
     """(gpu resource, group) of every training job a dry run plans, by condition."""
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import (
-        ConfigSettings,
-        DAGSettings,
-        OutputSettings,
-        Quietness,
-        ResourceSettings,
-        StorageSettings,
-    )
-
-    cwd = os.getcwd()
-    try:
-        with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-            wf = api.workflow(
-                resource_settings=ResourceSettings(cores=1),
-                config_settings=ConfigSettings(configfiles=[config]),
-                storage_settings=StorageSettings(),
-                snakefile=root / "Snakefile",
-                workdir=root,
-            )
-            dag = wf.dag(DAGSettings())
-            dag.execute_workflow(executor="dryrun")
-            jobs = dag.workflow_api._workflow.dag.finished_jobs
-            return {
-                job.wildcards["condition"]: (job.resources["gpu"], job.group)
-                for job in jobs
-                if job.rule.name == "train"
-            }
-    finally:
-        os.chdir(cwd)
+    return {
+        job["condition"]: (job["gpu"], job["group"])
+        for job in dry_run(root, config)
+        if job["rule"] == "train"
+    }
 
 
 def test_training_jobs_request_the_gpus_of_their_condition(tmp_path):

@@ -8,14 +8,13 @@ line, then asked through the Snakemake API which jobs a change would rerun.
 from __future__ import annotations
 
 import collections
-import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import xarray as xr
 import yaml
-from conftest import copy_project, snakemake, write_config
+from conftest import copy_project, dry_run, snakemake, write_config
 
 TINY = {
     "experiment": "tiny",
@@ -52,35 +51,8 @@ def project(tmp_path_factory) -> Path:
 
 
 def planned_jobs(root: Path, config: Path) -> collections.Counter:
-    """Jobs a dry run through the Snakemake API would execute, counted by rule."""
-    from snakemake.api import SnakemakeApi
-    from snakemake.settings.types import (
-        ConfigSettings,
-        DAGSettings,
-        OutputSettings,
-        Quietness,
-        ResourceSettings,
-        StorageSettings,
-    )
-
-    cwd = os.getcwd()
-    try:
-        with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-            wf = api.workflow(
-                resource_settings=ResourceSettings(cores=1),
-                config_settings=ConfigSettings(configfiles=[config]),
-                storage_settings=StorageSettings(),
-                snakefile=root / "Snakefile",
-                workdir=root,
-            )
-            dag = wf.dag(DAGSettings())
-            dag.execute_workflow(executor="dryrun")
-            jobs = dag.workflow_api._workflow.dag.finished_jobs
-            return collections.Counter(
-                (job.rule.name, job.wildcards.get("condition")) for job in jobs
-            )
-    finally:
-        os.chdir(cwd)
+    """Jobs a dry run through the Snakemake API would execute, counted by rule and condition."""
+    return collections.Counter((job["rule"], job["condition"]) for job in dry_run(root, config))
 
 
 def changed(root: Path, name: str, edit) -> Path:
