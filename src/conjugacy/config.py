@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
@@ -221,7 +222,7 @@ def check_koopman(
             f"{label('delays')}: {delays} delays need at least {delays + 2} snapshots, "
             f"but the window holds {n_snap}; expected delays <= {max(n_snap - 2, 0)}"
         )
-    dim = sum(_size(shapes[o]) for o in observables)
+    dim = sum(math.prod(shapes[o]) for o in observables)
     pca = kcfg.get("pca")
     if pca is not None and pca < 1:
         raise ConfigError(f"{label('pca')}: {pca} components; expected at least 1")
@@ -246,13 +247,6 @@ def check_koopman(
             f"{label('rank')}: {rank} is larger than {which}; "
             f"expected at most {min(lifted, pairs)} or 'full'"
         )
-
-
-def _size(shape: tuple[int, ...]) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
 
 
 # Condition keys that do not change its trajectories (the seed is a wildcard;
