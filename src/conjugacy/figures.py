@@ -36,22 +36,32 @@ def groups(conditions: list[str], pairs: list[tuple[str, str]]) -> list[list[str
     return list(out.values())
 
 
-def _colours(conditions: list[str]) -> dict[str, tuple]:
+def colours(conditions: list[str]) -> dict[str, tuple]:
+    """One colour per condition, the same in every figure of the project."""
     cmap = plt.get_cmap("tab10")
     return {c: cmap(i % 10) for i, c in enumerate(conditions)}
 
 
-def _panels(n: int, size: float = 4.2):
+def panels(n: int, size: float = 4.2):
+    """A row of n square axes, the project's panel size."""
     fig, axes = plt.subplots(1, n, figsize=(size * n, size), squeeze=False)
     return fig, axes[0]
 
 
-def plot_spectra(labels, spectra, panels: list[list[str]], out: Path) -> None:
+def save(fig, out: str | Path) -> None:
+    """Write the figure as PNG (for the report) and PDF beside it (for papers), then close it."""
+    out = Path(out)
+    fig.savefig(out, dpi=110)
+    fig.savefig(out.with_suffix(".pdf"))
+    plt.close(fig)
+
+
+def plot_spectra(labels, spectra, layout: list[list[str]], out: Path) -> None:
     """Eigenvalues on the complex plane with the unit circle (top) and zoomed in (bottom)."""
-    colours = _colours([c for g in panels for c in g])
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 8.4), squeeze=False)
+    colour = colours([c for g in layout for c in g])
+    fig, axes = plt.subplots(2, len(layout), figsize=(4.2 * len(layout), 8.4), squeeze=False)
     theta = np.linspace(0, 2 * np.pi, 400)
-    for col, group in enumerate(panels):
+    for col, group in enumerate(layout):
         points = {
             cond: np.concatenate(
                 [s for (c, _), s in zip(labels, spectra, strict=True) if c == cond]
@@ -61,7 +71,7 @@ def plot_spectra(labels, spectra, panels: list[list[str]], out: Path) -> None:
         for ax in axes[:, col]:
             ax.plot(np.cos(theta), np.sin(theta), "k--", lw=0.8)
             for cond, ev in points.items():
-                ax.scatter(ev.real, ev.imag, s=14, alpha=0.6, color=colours[cond], label=cond)
+                ax.scatter(ev.real, ev.imag, s=14, alpha=0.6, color=colour[cond], label=cond)
             ax.set_xlabel("Re λ")
             ax.set_ylabel("Im λ")
         axes[0, col].set_aspect("equal")
@@ -73,8 +83,7 @@ def plot_spectra(labels, spectra, panels: list[list[str]], out: Path) -> None:
         axes[1, col].set_title("zoomed", fontsize=9)
     fig.suptitle("Koopman eigenvalues (all seeds)")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out)
 
 
 def plot_distances(distances: xr.Dataset, out: Path) -> None:
@@ -93,14 +102,13 @@ def plot_distances(distances: xr.Dataset, out: Path) -> None:
     ax.set_yticks(starts, [names[i] for i in starts], fontsize=8)
     ax.set_title("W between spectra (condition, seed)")
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out)
 
 
 def plot_w_distributions(distances: xr.Dataset, verdicts: pd.DataFrame, out: Path) -> None:
     """Within-condition vs between-condition W for every tested pair, with the verdict."""
     n = max(len(verdicts), 1)
-    fig, axes = _panels(n, size=3.6)
+    fig, axes = panels(n, size=3.6)
     w = distances["w"]
 
     def upper(a: str, b: str) -> np.ndarray:
@@ -122,15 +130,14 @@ def plot_w_distributions(distances: xr.Dataset, verdicts: pd.DataFrame, out: Pat
         ax.set_ylabel("W")
         ax.set_title(f"{row.verdict} (p = {row.p_value:.3g})", fontsize=9)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out)
 
 
-def plot_loss(trajectories: list[Path], panels: list[list[str]], out: Path) -> None:
+def plot_loss(trajectories: list[Path], layout: list[list[str]], out: Path) -> None:
     """Training loss (mean over inits) per seed, one colour per condition."""
-    colours = _colours([c for g in panels for c in g])
-    panel_of = {c: i for i, g in enumerate(panels) for c in g}
-    fig, axes = _panels(len(panels))
+    colour = colours([c for g in layout for c in g])
+    panel_of = {c: i for i, g in enumerate(layout) for c in g}
+    fig, axes = panels(len(layout))
     seen: set[str] = set()
     for path in trajectories:
         ds = open_trajectory(path, allow_diverged=True)
@@ -142,7 +149,7 @@ def plot_loss(trajectories: list[Path], panels: list[list[str]], out: Path) -> N
         ax.plot(
             ds["step"].values,
             loss,
-            color=colours[cond],
+            color=colour[cond],
             lw=1,
             alpha=0.7,
             label=None if cond in seen else cond,
@@ -154,8 +161,7 @@ def plot_loss(trajectories: list[Path], panels: list[list[str]], out: Path) -> N
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save(fig, out)
 
 
 def run(
@@ -171,10 +177,10 @@ def run(
     distances = open_store(comparison / "distances.zarr", "distances")
     verdicts = pd.read_csv(comparison / "conjugacy.csv")
     conditions = list(dict.fromkeys(c for c, _ in labels))
-    panels = groups(conditions, list(zip(verdicts.condition_a, verdicts.condition_b, strict=True)))
+    layout = groups(conditions, list(zip(verdicts.condition_a, verdicts.condition_b, strict=True)))
     paths = [outdir / name for name in FIGURES]
-    plot_spectra(labels, values, panels, paths[0])
+    plot_spectra(labels, values, layout, paths[0])
     plot_distances(distances, paths[1])
     plot_w_distributions(distances, verdicts, paths[2])
-    plot_loss([Path(p) for p in trajectories], panels, paths[3])
+    plot_loss([Path(p) for p in trajectories], layout, paths[3])
     return paths
