@@ -41,7 +41,15 @@ test: install lint
 test-slurm: install
 	bash tests/slurm/run.sh
 
+# The tables of benchmarks/RESULTS.md (about an hour on 2 cores; 20 GB of scratch disk under
+# BENCH_TMP for the P = 2e7 store).
+BENCH_TMP ?= /tmp
 bench: install
+	$(BIN)/pip install -q -r benchmarks/requirements.txt
+	python benchmarks/koopman_vs_pydmd.py --params 200000 2000000 --repeats 3 --tmp $(BENCH_TMP)
+	python benchmarks/koopman_vs_pydmd.py --params 20000000 --only ours floor --repeats 1 \
+		--tmp $(BENCH_TMP)
+	python benchmarks/training.py --steps 1000 --repeats 3
 	python benchmarks/dmd_engine.py
 
 bench-slurm: install

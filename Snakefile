@@ -17,12 +17,21 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/koopman.smk"
 include: "workflow/rules/compare.smk"
 include: "workflow/rules/figures.smk"
+include: "workflow/rules/windows.smk"
+include: "workflow/rules/summary.smk"
+include: "workflow/rules/companion.smk"
+include: "workflow/rules/prune.smk"
+include: "workflow/rules/monitor.smk"
+include: "workflow/rules/predict.smk"
 
 
 localrules:
     all,
     compare,
     figures,
+    windows,
+    summary,
+    accuracy,
 
 
 rule all:

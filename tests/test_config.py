@@ -16,12 +16,28 @@ CONFIGS = [
     ROOT / "config" / "config.yaml",
     *sorted((ROOT / "config" / "experiments").glob("*.yaml")),
 ]
-KOOPMAN_DEFAULTS = {"observables": None, "delays": 0, "rank": "full", "window": None, "pca": None}
+KOOPMAN_DEFAULTS = {
+    "observables": None,
+    "delays": 0,
+    "rank": "full",
+    "window": None,
+    "pca": None,
+    "windows": None,
+    "variant": "exact",
+    "device": "cpu",
+    "modes": False,
+}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_resolve(path):
-    cfg = config.load(path)
+    try:
+        cfg = config.load(path)
+    except config.ConfigError as exc:
+        if "data_dir" not in str(exc):
+            raise
+        # resnet_cifar.yaml needs CIFAR-10 on disk; tests/test_cifar.py resolves it on fake batches
+        pytest.skip(f"{path.name} needs a dataset on disk: {exc}")
     assert cfg["conditions"]
     for name, cond in cfg["conditions"].items():
         assert set(cond["koopman"]) == set(config.KOOPMAN_KEYS), name
@@ -62,7 +78,12 @@ def test_minimal_config_defaults():
     assert n["koopman"] == KOOPMAN_DEFAULTS
     assert n["seeds"] == [0, 1, 2] == m["seeds"]
     assert m["lr"] == 0.01 and m["steps"] == 99 and m["jitter"] == 0.5
-    assert cfg["compare"] == {"alpha": 0.05, "max_ratio": 1.5, "permutations": 9999}
+    assert cfg["compare"] == {
+        "alpha": 0.05,
+        "max_ratio": 1.5,
+        "permutations": 9999,
+        "correction": "holm",
+    }
     assert config.condition_pairs(cfg) == [("n", "m")]
 
 

@@ -6,7 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from conjugacy.stats import decide, permutation_p, verdict
+from conjugacy import config
+from conjugacy.compare import VERDICT_COLUMNS, verdict_table
+from conjugacy.distance import pairwise
+from conjugacy.stats import adjust, corrected, decide, mann_whitney, permutation_p, verdict
 
 
 def line_distances(points):
@@ -144,3 +147,167 @@ def test_verdict_calls():
     assert verdict(same, 5, alpha=0.05, max_ratio=1.5).verdict == "conjugate"
     # 3 + 3 seeds: the smallest attainable p is 2/20 = 0.1, so no call is possible.
     assert verdict(np.ones((6, 6)) - np.eye(6), 3, 0.05, 1.5).verdict == "inconclusive"
+
+
+def test_identical_spectra_are_conjugate():
+    # All W = 0: every split has statistic 0, p = 1, ratio 0/0 read as 1.
+    v = verdict(np.zeros((10, 10)), 5, alpha=0.05, max_ratio=1.5)
+    assert v.p_value == 1.0
+    assert v.ratio == 1.0
+    assert v.mw_p == 1.0 and v.mw_u == pytest.approx(v.n_between * v.n_within / 2)
+    assert v.verdict == "conjugate"
+
+
+def test_zero_within_and_positive_between_is_infinite_ratio():
+    # Two points, five identical copies each: within W = 0, between W = 1.
+    v = verdict(line_distances([0] * 5 + [1] * 5), 5, alpha=0.05, max_ratio=1.5)
+    assert v.ratio == math.inf
+    assert v.p_value == pytest.approx(2 / 252)
+    assert v.verdict == "not conjugate"
+
+
+def test_ties_count_as_extreme():
+    # Distances take only the values 0 and 1: many splits tie the observed statistic.
+    w = line_distances([0, 0, 1, 0, 1, 1])  # A = {0, 0, 1}, B = {0, 1, 1}
+    p, _ = permutation_p(w, 3)
+    t_obs = brute_stat(w, {0, 1, 2})
+    splits = [set(c) for c in itertools.combinations(range(6), 3)]
+    assert p == pytest.approx(np.mean([brute_stat(w, s) >= t_obs - 1e-12 for s in splits]))
+    assert p > 0.05
+
+
+# --- Mann-Whitney ------------------------------------------------------------------------------
+
+
+def test_mann_whitney_hand_computed():
+    # Between {3, 4} all exceed within {1, 2}: U = 4 (of 2 x 2), exact p = 1 / C(4, 2).
+    u, p = mann_whitney(np.array([3.0, 4.0]), np.array([1.0, 2.0]))
+    assert u == 4.0
+    assert p == pytest.approx(1 / 6)
+    # A tie counts one half: between {2} vs within {1, 2} gives U = 1.5.
+    assert mann_whitney(np.array([2.0]), np.array([1.0, 2.0]))[0] == 1.5
+    assert np.isnan(mann_whitney(np.array([1.0]), np.zeros(0))[1])
+
+
+def test_verdict_reports_mann_whitney_of_between_vs_within():
+    v = verdict(separated(4, 4), 4, alpha=0.05, max_ratio=1.5)
+    assert v.mw_u == v.n_between * v.n_within  # every between W exceeds every within W
+    assert v.mw_p < 1e-4
+
+
+# --- multiple comparisons ----------------------------------------------------------------------
+
+
+def test_holm_bonferroni_none_hand_computed():
+    p = [0.01, 0.04, 0.03, np.nan]
+    # Holm: sorted 0.01, 0.03, 0.04 times 3, 2, 1 -> 0.03, 0.06, 0.04 -> running max.
+    np.testing.assert_allclose(adjust(p, "holm"), [0.03, 0.06, 0.06, np.nan])
+    np.testing.assert_allclose(adjust(p, "bonferroni"), [0.03, 0.12, 0.09, np.nan])
+    np.testing.assert_allclose(adjust(p, "none"), p)
+    np.testing.assert_allclose(adjust([0.6, 0.5], "holm"), [1.0, 1.0])
+    assert adjust([], "holm").size == 0
+    with pytest.raises(ValueError, match="sidak"):
+        adjust(p, "sidak")
+
+
+def test_holm_never_above_bonferroni():
+    p = np.random.default_rng(4).random(7) / 5
+    assert np.all(adjust(p, "holm") <= adjust(p, "bonferroni") + 1e-15)
+    assert np.all(adjust(p, "holm") >= p)
+
+
+def test_correction_turns_a_borderline_pair_inconclusive():
+    # 3 + 4 seeds well separated: p = p_min = 1/35 < 0.05, but 3 pairs x 1/35 > 0.05.
+    single = verdict(separated(3, 4), 3, alpha=0.05, max_ratio=1.5)
+    assert single.p_value == pytest.approx(1 / 35) and single.verdict == "not conjugate"
+    family = [single, single, single]
+    holm = corrected(family, 0.05, 1.5, "holm")
+    assert [v.p_corrected for v in holm] == pytest.approx([3 / 35] * 3)
+    assert all(v.verdict == "inconclusive" and v.correction == "holm" for v in holm)
+    assert [v.verdict for v in corrected(family, 0.05, 1.5, "none")] == ["not conjugate"] * 3
+
+
+def test_conjugate_needs_an_attainable_corrected_alpha():
+    # 4 + 4 identical-distance seeds: p = 1, p_min = 2/70 (one pair: attainable).
+    same = verdict(np.ones((8, 8)) - np.eye(8), 4, alpha=0.05, max_ratio=1.5)
+    assert same.verdict == "conjugate"
+    (alone,) = corrected([same], 0.05, 1.5, "holm")
+    assert alone.verdict == "conjugate" and alone.p_min_corrected == pytest.approx(2 / 70)
+    # With two pairs, Holm's first step needs p < 0.025 < 2/70: no longer attainable.
+    two = corrected([same, same], 0.05, 1.5, "holm")
+    assert [v.p_min_corrected for v in two] == pytest.approx([4 / 70, 4 / 70])
+    assert [v.verdict for v in two] == ["inconclusive"] * 2
+    assert [v.verdict for v in corrected([same, same], 0.05, 1.5, "none")] == ["conjugate"] * 2
+
+
+def test_untestable_pairs_are_not_counted_in_the_family():
+    one_seed = verdict(separated(1, 3), 1, alpha=0.05, max_ratio=1.5)
+    big = verdict(separated(5, 5), 5, alpha=0.05, max_ratio=1.5)
+    out = corrected([one_seed, big], 0.05, 1.5, "bonferroni")
+    assert out[0].verdict == "inconclusive" and np.isnan(out[0].p_corrected)
+    assert out[1].p_corrected == pytest.approx(big.p_value)  # m = 1
+    assert out[1].verdict == "not conjugate"
+
+
+# --- synthetic spectra with a known answer -----------------------------------------------------
+
+
+def generator_spectrum(rng, shift=0.0):
+    """Eigenvalues of a fixed 6x6 linear map (3 conjugate pairs) plus seed noise, shifted."""
+    base = np.array([0.95 + 0.1j, 0.95 - 0.1j, 0.8 + 0.3j, 0.8 - 0.3j, 0.5, 0.3])
+    return base + shift + 0.01 * (rng.standard_normal(6) + 1j * rng.standard_normal(6))
+
+
+def synthetic_table(shift, seeds=6, correction="holm"):
+    rng = np.random.default_rng(7)
+    labels = [(c, s) for c in ("a", "b", "c") for s in range(seeds)]
+    spectra = [generator_spectrum(rng, shift if c == "c" else 0.0) for c, _ in labels]
+    return verdict_table(
+        labels,
+        pairwise(spectra),
+        [("a", "b"), ("a", "c"), ("b", "c")],
+        alpha=0.05,
+        max_ratio=1.5,
+        permutations=999,
+        correction=correction,
+    )
+
+
+def test_same_generator_conjugate_shifted_eigenvalues_not():
+    table = synthetic_table(shift=0.1)
+    assert list(table.verdict) == ["conjugate", "not conjugate", "not conjugate"]
+    assert table.ratio.iloc[0] < 1.5 and table.ratio.iloc[1:].min() > 3
+    assert (table.p_corrected >= table.p_value).all()
+    assert table.mw_p.iloc[1:].max() < 1e-6
+    assert list(table.columns[: len(VERDICT_COLUMNS)]) == VERDICT_COLUMNS
+    assert list(table.columns[:11]) == [  # the original columns keep their place
+        "condition_a",
+        "condition_b",
+        "n_between",
+        "w_between_mean",
+        "w_between_sd",
+        "n_within",
+        "w_within_mean",
+        "w_within_sd",
+        "p_value",
+        "verdict",
+        "excluded",
+    ]
+
+
+def test_no_shift_no_difference_anywhere():
+    table = synthetic_table(shift=0.0)
+    assert list(table.verdict) == ["conjugate"] * 3
+
+
+def test_one_seed_per_condition_is_inconclusive():
+    table = synthetic_table(shift=0.5, seeds=1)
+    assert list(table.verdict) == ["inconclusive"] * 3
+    assert table.p_value.isna().all() and table.n_within.eq(0).all()
+
+
+def test_correction_is_a_checked_config_key():
+    base = {"experiment": "e", "conditions": {"m": {"system": "omd"}}}
+    assert config.resolve(base)["compare"]["correction"] == "holm"
+    with pytest.raises(config.ConfigError, match="compare.correction"):
+        config.resolve({**base, "compare": {"correction": "sidak"}})

@@ -64,7 +64,7 @@ def changed(root: Path, name: str, edit) -> Path:
 def test_outputs_follow_the_contracts(project: Path) -> None:
     out = project / "results" / "tiny"
     table = pd.read_csv(out / "conjugacy.csv")
-    assert list(table.columns) == [
+    assert list(table.columns[:11]) == [
         "condition_a", "condition_b", "n_between", "w_between_mean", "w_between_sd",
         "n_within", "w_within_mean", "w_within_sd", "p_value", "verdict", "excluded",
     ]  # fmt: skip
@@ -94,6 +94,10 @@ def test_outputs_follow_the_contracts(project: Path) -> None:
 
     for name in ("spectra", "distances", "w_distributions", "loss"):
         assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (out / "figures" / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+    summary = (out / "summary.md").read_text()
+    assert "| omd vs ogd |" in summary and "| narrow vs wide |" in summary
+    assert "## Wall time" in summary and "| train | 12 |" in summary
 
 
 def test_a_second_run_has_nothing_to_do(project: Path) -> None:
@@ -109,6 +113,7 @@ def test_koopman_option_change_reruns_koopman_and_after_only(project: Path) -> N
         ("koopman", "ogd"): 3,
         ("compare", None): 1,
         ("figures", None): 1,
+        ("summary", None): 1,
         ("all", None): 1,
     }
 
@@ -123,6 +128,7 @@ def test_training_option_change_reruns_that_condition_and_downstream(project: Pa
         ("koopman", "wide"): 3,
         ("compare", None): 1,
         ("figures", None): 1,
+        ("summary", None): 1,
         ("all", None): 1,
     }
 
@@ -132,7 +138,12 @@ def test_compare_option_change_reruns_compare_and_figures(project: Path) -> None
         cfg["compare"]["alpha"] = 0.01
 
     jobs = planned_jobs(project, changed(project, "compare.yaml", edit))
-    assert jobs == {("compare", None): 1, ("figures", None): 1, ("all", None): 1}
+    assert jobs == {
+        ("compare", None): 1,
+        ("figures", None): 1,
+        ("summary", None): 1,
+        ("all", None): 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -148,7 +159,7 @@ def test_library_code_change_reruns_its_stage_and_after(project: Path, module, f
     finally:
         path.write_text(original)
     stages = {rule for rule, _ in jobs}
-    order = ["train", "koopman", "compare", "figures", "all"]
+    order = ["train", "koopman", "compare", "figures", "summary", "all"]
     assert stages == set(order[order.index(first) :])
     if first == "train":  # toys.py is the toy systems' code: every condition's train reruns
         assert jobs[("train", "omd")] == 3

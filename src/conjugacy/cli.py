@@ -37,15 +37,26 @@ _positive = _int_at_least(1)
 _nonneg = _int_at_least(0)
 
 
-def _rank(text: str) -> int | str:
-    if text == "full":
+def _rank(text: str) -> int | float | str:
+    """A rank rule: a positive integer, 'full', 'gd', or an energy fraction in (0, 1)."""
+    if text in ("full", "gd"):
         return text
+    expected = (
+        "expected a positive integer or 'full' (or 'gd', or an energy fraction in (0, 1)), "
+        f"got {text!r}"
+    )
+    if "." in text or "e" in text.lower():
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(expected) from None
+        if not 0.0 < value < 1.0:
+            raise argparse.ArgumentTypeError(expected)
+        return value
     try:
         return _positive(text)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive integer or 'full', got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(expected) from None
 
 
 def _window(text: str) -> tuple[int, int]:
@@ -105,6 +116,10 @@ def cmd_koopman(args: argparse.Namespace) -> None:
         rank=args.rank,
         window=args.window,
         pca=args.pca,
+        variant=args.variant,
+        device=args.device,
+        modes=args.modes,
+        readahead=args.readahead,
     )
     spectrum = run(args.trajectory, args.output, opts, skip_diverged=args.skip_diverged)
     log.info("wrote %s: %d eigenvalues", args.output, spectrum.sizes["mode"])
@@ -113,7 +128,15 @@ def cmd_koopman(args: argparse.Namespace) -> None:
 def cmd_compare(args: argparse.Namespace) -> None:
     from conjugacy.compare import run
 
-    table = run(args.spectra, args.output, args.pair, args.alpha, args.max_ratio, args.permutations)
+    table = run(
+        args.spectra,
+        args.output,
+        args.pair,
+        args.alpha,
+        args.max_ratio,
+        args.permutations,
+        args.correction,
+    )
     log.info("verdicts:\n%s", table.to_string(index=False))
 
 
@@ -122,6 +145,203 @@ def cmd_figures(args: argparse.Namespace) -> None:
 
     for path in run(args.spectra, args.trajectories, args.comparison, args.output):
         log.info("wrote %s", path)
+
+
+def cmd_summary(args: argparse.Namespace) -> None:
+    from conjugacy import config
+    from conjugacy.summary import run
+
+    cfg = json.loads(args.spec) if args.spec is not None else config.load(args.config)
+    log.info("wrote %s", run(cfg, args.verdicts, args.benchmarks, args.output))
+
+
+def cmd_companion(args: argparse.Namespace) -> None:
+    from conjugacy import config
+    from conjugacy.accuracy import run_companion
+
+    if args.spec is not None:
+        cond = json.loads(args.spec)
+    else:
+        cfg = config.load(args.config)
+        cond = cfg["conditions"].get(args.condition)
+        if cond is None:
+            raise ConfigError(
+                f"--condition {args.condition!r} is not in {args.config}; "
+                f"expected one of {sorted(cfg['conditions'])}"
+            )
+    if cond.get("system") != "transformer" or not cond.get("companion"):
+        raise ConfigError(
+            f"condition {args.condition!r}: a companion needs system transformer and a "
+            "companion block"
+        )
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    table = run_companion(cond, args.output, args.condition, progress=not args.quiet)
+    last = table.iloc[-1]
+    log.info(
+        "%s step %d: train accuracy %.3f, test accuracy %.3f",
+        args.condition,
+        last.step,
+        last.train_accuracy,
+        last.test_accuracy,
+    )
+
+
+def cmd_accuracy(args: argparse.Namespace) -> None:
+    from conjugacy.accuracy import plot_accuracy
+
+    log.info("wrote %s", plot_accuracy(args.tables, args.output))
+
+
+def cmd_windows(args: argparse.Namespace) -> None:
+    from conjugacy.windows import run
+
+    table = run(
+        args.spectra,
+        args.output,
+        args.figures,
+        args.alpha,
+        args.max_ratio,
+        args.permutations,
+        args.correction,
+    )
+    log.info("successive windows:\n%s", table.to_string(index=False))
+
+
+def _predict_source(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(condition, predict settings): schema defaults < the config's predict section."""
+    from conjugacy import config
+
+    pred = config.schema()["properties"]["predict"]
+    defaults = {k: v["default"] for k, v in pred["properties"].items() if "default" in v}
+    acc_props = pred["properties"]["accelerate"]["properties"]
+    defaults["accelerate"] = {k: v["default"] for k, v in acc_props.items() if "default" in v}
+    if args.spec is not None:
+        return json.loads(args.spec), defaults
+    cfg = config.load(args.config)
+    if args.condition not in cfg["conditions"]:
+        raise ConfigError(
+            f"--condition {args.condition!r} is not in {args.config}; "
+            f"expected one of {sorted(cfg['conditions'])}"
+        )
+    return cfg["conditions"][args.condition], {**defaults, **cfg.get("predict", {})}
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from conjugacy.predict import options_from, run, table
+
+    cond, settings = _predict_source(args)
+    for key in ("start", "windows", "jumps", "methods", "rank"):
+        if getattr(args, key) is not None:
+            settings[key] = getattr(args, key)
+    result = run(args.trajectory, args.output, cond, options_from(settings), args.condition)
+    with pd.option_context("display.width", 200):
+        log.info("predictions:\n%s", table([result]).round(4).to_string(index=False))
+
+
+def _lr(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        lr = float(value)
+    except ValueError:
+        lr = -1.0
+    if name not in ("sgd", "adam") or not lr > 0:
+        raise argparse.ArgumentTypeError(f"expected sgd=LR or adam=LR with LR > 0, got {text!r}")
+    return name, lr
+
+
+def cmd_accelerate(args: argparse.Namespace) -> None:
+    from conjugacy.accelerate import run
+
+    cond, settings = _predict_source(args)
+    acc = dict(settings["accelerate"])
+    for key in ("steps", "k", "window", "jump", "eval_every"):
+        if getattr(args, key) is not None:
+            acc[key] = getattr(args, key)
+    if args.optimizer:
+        acc["optimizers"] = dict(args.optimizer)
+    if args.no_guard:
+        acc["guard"] = False
+    if cond.get("system") not in ("fcn", "mlp"):
+        raise ConfigError(f"condition {args.condition!r}: expected system fcn or mlp")
+    if acc["window"] > acc["k"] + 1:
+        raise ConfigError(
+            f"option --window: {acc['window']} snapshots, but --k {acc['k']} optimizer steps "
+            f"between jumps give at most {acc['k'] + 1}"
+        )
+    run(cond, args.seed, acc, args.output, args.condition)
+
+
+def cmd_predict_summary(args: argparse.Namespace) -> None:
+    from conjugacy.predict import summarize
+
+    for path in summarize(args.predictions, args.accelerated or [], args.output):
+        log.info("wrote %s", path)
+
+
+def _fractions(text: str) -> list[float]:
+    """argparse type: comma-separated numbers (the sparsities; their range is checked later)."""
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated fractions such as 0.5,0.9, got {text!r}"
+        ) from None
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    from conjugacy.prune import PruneOptions, run
+
+    opts = PruneOptions(
+        window=args.window,
+        rank=args.rank,
+        sparsities=args.sparsities,
+        finetune_steps=args.finetune_steps,
+        finetune_lr=args.finetune_lr,
+    )
+    result = run(args.trajectory, args.output, opts)
+    log.info(
+        "wrote %s: Jaccard koopman vs final magnitude %s",
+        args.output,
+        result.jaccard.sel(pair="koopman:magnitude_final").mean("init").values.round(3),
+    )
+
+
+def cmd_prune_report(args: argparse.Namespace) -> None:
+    from conjugacy.prune import report
+
+    report(args.stores, args.output, args.figure)
+    log.info("wrote %s and %s", args.output, args.figure)
+
+
+def cmd_monitor(args: argparse.Namespace) -> None:
+    from conjugacy.monitor import MonitorOptions, run
+
+    opts = MonitorOptions(
+        observables=args.observable,
+        window=args.window,
+        stride=args.stride,
+        delays=args.delays,
+        rank=args.rank,
+        leading=args.leading,
+        radius=args.radius,
+        consecutive=args.consecutive,
+        unstable=args.unstable,
+        patience=args.patience,
+        min_delta=args.min_delta,
+    )
+    run(args.trajectory, args.output, opts)
+
+
+def cmd_monitor_report(args: argparse.Namespace) -> None:
+    from conjugacy.monitor import report
+
+    table = report(args.stores, args.output, args.figure)
+    log.info("monitor:\n%s", table.to_string(index=False))
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -140,14 +360,32 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1 if len(bad) else 0
 
 
+def _config_source(p: argparse.ArgumentParser, spec_help: str) -> None:
+    """--config FILE or --spec JSON (what the workflow passes), exactly one."""
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--config", type=Path, help="experiment config (YAML)")
+    group.add_argument("--spec", help=spec_help)
+
+
+def _verdict_options(p: argparse.ArgumentParser, across: str) -> None:
+    """The permutation-test settings of a verdict (config section `compare`)."""
+    p.add_argument("--alpha", type=float, default=0.05)
+    p.add_argument("--max-ratio", type=float, default=1.5)
+    p.add_argument("--permutations", type=int, default=9999)
+    p.add_argument(
+        "--correction",
+        choices=["holm", "bonferroni", "none"],
+        default="holm",
+        help=f"multiple-comparison correction of the p-values across {across} (default holm)",
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="conjugacy", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one (condition, seed) and record its trajectory")
-    src = t.add_mutually_exclusive_group(required=True)
-    src.add_argument("--config", type=Path, help="experiment config (YAML)")
-    src.add_argument("--spec", help="resolved condition config as JSON (what the workflow passes)")
+    _config_source(t, "resolved condition config as JSON (what the workflow passes)")
     t.add_argument("--condition", required=True, help="condition name")
     t.add_argument("--seed", type=_nonneg, required=True)
     t.add_argument("--experiment", help="experiment name recorded with --spec")
@@ -168,9 +406,36 @@ def parser() -> argparse.ArgumentParser:
         "--observable", action="extend", nargs="+", help="recorded tensors to use (default: all)"
     )
     k.add_argument("--delays", type=_nonneg, default=0, help="time delays n (default 0)")
-    k.add_argument("--rank", type=_rank, default="full", help="truncation rank or 'full'")
+    k.add_argument(
+        "--rank",
+        type=_rank,
+        default="full",
+        help="truncation rank k, 'full' (numerical rank), 'gd' (Gavish-Donoho threshold) "
+        "or an energy fraction such as 0.99",
+    )
     k.add_argument("--window", type=_window, help="START:STOP optimizer steps [start, stop)")
     k.add_argument("--pca", type=_positive, help="project on this many principal components first")
+    k.add_argument(
+        "--variant",
+        choices=("exact", "tls", "fb"),
+        default="exact",
+        help="exact, total-least-squares (tls) or forward-backward (fb) DMD (default exact)",
+    )
+    k.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the accumulation runs: cpu (numpy) or cuda (torch, float64)",
+    )
+    k.add_argument(
+        "--modes", action="store_true", help="also write the DMD modes (chunked array 'modes')"
+    )
+    k.add_argument(
+        "--readahead",
+        type=_nonneg,
+        default=2,
+        help="blocks read ahead in threads while computing (0: none; default 2)",
+    )
     k.add_argument(
         "--skip-diverged",
         action="store_true",
@@ -182,9 +447,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("spectra", nargs="+", type=Path)
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     c.add_argument("--pair", type=_pair, action="append", help="A:B condition pair (repeat)")
-    c.add_argument("--alpha", type=float, default=0.05)
-    c.add_argument("--max-ratio", type=float, default=1.5)
-    c.add_argument("--permutations", type=int, default=9999)
+    _verdict_options(c, "the pairs")
     c.set_defaults(func=cmd_compare)
 
     f = sub.add_parser("figures", help="figures from the stage outputs")
@@ -193,6 +456,113 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--comparison", type=Path, required=True, help="compare stage's folder")
     f.add_argument("-o", "--output", type=Path, required=True, help="figure folder")
     f.set_defaults(func=cmd_figures)
+
+    s = sub.add_parser("summary", help="summary.md: verdicts, settings and wall time")
+    _config_source(s, "resolved config as JSON (what the workflow passes)")
+    s.add_argument("--verdicts", type=Path, required=True, help="the compare stage's conjugacy.csv")
+    s.add_argument(
+        "--benchmarks", type=Path, required=True, help="folder of the jobs' benchmark TSVs"
+    )
+    s.add_argument("-o", "--output", type=Path, required=True, help="markdown file to write")
+    s.set_defaults(func=cmd_summary)
+
+    cp = sub.add_parser("companion", help="long single-init Transformer run: accuracy curves")
+    _config_source(cp, "resolved condition config as JSON")
+    cp.add_argument("--condition", required=True, help="condition name")
+    cp.add_argument("-o", "--output", type=Path, required=True, help="CSV table to write")
+    cp.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    cp.add_argument("--quiet", action="store_true", help="no progress bar")
+    cp.set_defaults(func=cmd_companion)
+
+    a = sub.add_parser("accuracy", help="accuracy figure from companion tables")
+    a.add_argument("tables", nargs="+", type=Path, help="companion CSVs (named CONDITION.csv)")
+    a.add_argument("-o", "--output", type=Path, required=True, help="PNG to write (and PDF)")
+    a.set_defaults(func=cmd_accuracy)
+
+    w = sub.add_parser("windows", help="W between the spectra of successive training windows")
+    w.add_argument("spectra", nargs="+", type=Path, help="window spectra (koopman --window)")
+    w.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    w.add_argument("--figures", type=Path, help="figure folder (default: the output folder)")
+    _verdict_options(w, "a condition's transitions")
+    w.set_defaults(func=cmd_windows)
+
+    pr = sub.add_parser("predict", help="Koopman jumps ahead of a trajectory vs the optimizer")
+    pr.add_argument("trajectory", type=Path, help="trajectory store recording every tensor")
+    _config_source(pr, "resolved condition config as JSON")
+    pr.add_argument("--condition", required=True, help="condition name")
+    pr.add_argument("-o", "--output", type=Path, required=True, help="prediction store to write")
+    pr.add_argument("--start", type=_nonneg, help="first step of every fit window")
+    pr.add_argument("--windows", type=_int_at_least(2), nargs="+", help="snapshots per fit")
+    pr.add_argument("--jumps", type=_positive, nargs="+", help="steps predicted ahead")
+    pr.add_argument("--methods", nargs="+", choices=["node", "global", "fixed_point"])
+    pr.add_argument("--rank", type=_rank, help="global DMD truncation rank or 'full'")
+    pr.set_defaults(func=cmd_predict)
+
+    ac = sub.add_parser("accelerate", help="plain vs Koopman-accelerated training curves")
+    _config_source(ac, "resolved condition config as JSON")
+    ac.add_argument("--condition", required=True, help="condition name")
+    ac.add_argument("--seed", type=_nonneg, default=0)
+    ac.add_argument("-o", "--output", type=Path, required=True, help="curve store to write")
+    ac.add_argument("--steps", type=_positive, help="effective optimizer steps of every run")
+    ac.add_argument("--k", type=_positive, help="optimizer steps between jumps")
+    ac.add_argument("--window", type=_int_at_least(2), help="snapshots of each fit")
+    ac.add_argument("--jump", type=_positive, help="steps of each jump")
+    ac.add_argument("--eval-every", type=_positive, help="effective steps between evaluations")
+    ac.add_argument("--optimizer", type=_lr, action="append", help="NAME=LR, sgd or adam (repeat)")
+    ac.add_argument(
+        "--no-guard", action="store_true", help="take every jump, even one that raises the loss"
+    )
+    ac.set_defaults(func=cmd_accelerate)
+
+    ps = sub.add_parser("predict-summary", help="tables and figures of predict and accelerate")
+    ps.add_argument("--predictions", nargs="+", type=Path, required=True)
+    ps.add_argument("--accelerated", nargs="*", type=Path)
+    ps.add_argument("-o", "--output", type=Path, required=True, help="output folder")
+    ps.set_defaults(func=cmd_predict_summary)
+
+    pr = sub.add_parser("prune", help="Koopman magnitude pruning vs magnitude pruning of a net")
+    pr.add_argument("trajectory", type=Path, help="fcn trajectory store recording every parameter")
+    pr.add_argument("-o", "--output", type=Path, required=True, help="prune store to write")
+    pr.add_argument(
+        "--window", type=_window, default=(0, 100), help="START:STOP steps of the DMD window"
+    )
+    pr.add_argument("--rank", type=_rank, default=10, help="DMD truncation rank or 'full'")
+    pr.add_argument(
+        "--sparsities", type=_fractions, default=[0.5, 0.8, 0.9, 0.95], help="e.g. 0.5,0.9"
+    )
+    pr.add_argument("--finetune-steps", type=_nonneg, default=20)
+    pr.add_argument("--finetune-lr", type=float, help="default: the condition's learning rate")
+    pr.set_defaults(func=cmd_prune)
+
+    prr = sub.add_parser("prune-report", help="pruning table (CSV) and figure from prune stores")
+    prr.add_argument("stores", nargs="+", type=Path)
+    prr.add_argument("-o", "--output", type=Path, required=True, help="CSV table to write")
+    prr.add_argument("--figure", type=Path, required=True, help="PNG figure to write")
+    prr.set_defaults(func=cmd_prune_report)
+
+    mo = sub.add_parser("monitor", help="sliding-window DMD convergence monitor of a trajectory")
+    mo.add_argument("trajectory", type=Path)
+    mo.add_argument("-o", "--output", type=Path, required=True, help="monitor store to write")
+    mo.add_argument(
+        "--observable", action="extend", nargs="+", help="recorded tensors (default: all)"
+    )
+    mo.add_argument("--window", type=_positive, default=50, help="snapshots per window")
+    mo.add_argument("--stride", type=_positive, default=10, help="snapshots between windows")
+    mo.add_argument("--delays", type=_nonneg, default=0)
+    mo.add_argument("--rank", type=_rank, default=10)
+    mo.add_argument("--leading", type=_positive, default=3, help="eigenvalues that must near 1")
+    mo.add_argument("--radius", type=float, default=0.05, help="cluster radius around 1")
+    mo.add_argument("--consecutive", type=_positive, default=3, help="windows in a row")
+    mo.add_argument("--unstable", type=float, default=1.05, help="spectral radius alarm level")
+    mo.add_argument("--patience", type=_positive, default=20, help="validation-loss patience")
+    mo.add_argument("--min-delta", type=float, default=1e-3, help="relative improvement")
+    mo.set_defaults(func=cmd_monitor)
+
+    mor = sub.add_parser("monitor-report", help="monitor table (CSV) and figure from stores")
+    mor.add_argument("stores", nargs="+", type=Path)
+    mor.add_argument("-o", "--output", type=Path, required=True, help="CSV table to write")
+    mor.add_argument("--figure", type=Path, required=True, help="PNG figure to write")
+    mor.set_defaults(func=cmd_monitor_report)
 
     v = sub.add_parser("verify", help="check every store of an experiment (reads every chunk)")
     v.add_argument("results", type=Path, help="results/<experiment>")

@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from conjugacy.config import ConfigError
 from conjugacy.distance import pairwise
-from conjugacy.stats import verdict
+from conjugacy.stats import CORRECTIONS, corrected, verdict
 from conjugacy.store import StoreError, open_spectrum, read, write_dataset
 
 VERDICT_COLUMNS = [
@@ -26,6 +27,14 @@ VERDICT_COLUMNS = [
     "p_value",
     "verdict",
     "excluded",
+    # Added after the columns above (readers by position keep working).
+    "ratio",
+    "p_min",
+    "correction",
+    "p_corrected",
+    "p_min_corrected",
+    "mw_u",
+    "mw_p",
 ]
 
 
@@ -90,9 +99,10 @@ def verdict_table(
     max_ratio: float,
     permutations: int,
     excluded: dict[tuple[str, int], str] | None = None,
+    correction: str = "holm",
 ) -> pd.DataFrame:
-    """One verdict per pair; spectra left out (diverged runs) are named in `excluded`."""
-    rows = []
+    """One verdict per pair, p corrected across the pairs; diverged runs are named in `excluded`."""
+    results, left_outs = [], []
     excluded = excluded or {}
     present = {c for c, _ in labels} | {c for c, _ in excluded}
     for a, b in pairs:
@@ -102,11 +112,18 @@ def verdict_table(
         ia = [i for i, (c, _) in enumerate(labels) if c == a]
         ib = [i for i, (c, _) in enumerate(labels) if c == b]
         idx = np.array(ia + ib, dtype=int)
-        v = verdict(w[np.ix_(idx, idx)], len(ia), alpha, max_ratio, permutations)
-        left_out = "; ".join(
-            f"{c}/seed{s}: {why}" for (c, s), why in sorted(excluded.items()) if c in (a, b)
+        results.append(verdict(w[np.ix_(idx, idx)], len(ia), alpha, max_ratio, permutations))
+        left_outs.append(
+            "; ".join(
+                f"{c}/seed{s}: {why}" for (c, s), why in sorted(excluded.items()) if c in (a, b)
+            )
         )
-        rows.append({"condition_a": a, "condition_b": b, **asdict(v), "excluded": left_out})
+    rows = [
+        {"condition_a": a, "condition_b": b, **asdict(v), "excluded": left_out}
+        for (a, b), v, left_out in zip(
+            pairs, corrected(results, alpha, max_ratio, correction), left_outs, strict=True
+        )
+    ]
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
@@ -117,14 +134,21 @@ def run(
     alpha: float = 0.05,
     max_ratio: float = 1.5,
     permutations: int = 9999,
+    correction: str = "holm",
 ) -> pd.DataFrame:
     """Write distances.zarr, distances.csv and conjugacy.csv under outdir."""
+    if correction not in CORRECTIONS:
+        raise ConfigError(
+            f"config key compare.correction: {correction!r}; expected one of {list(CORRECTIONS)}"
+        )
     labels, values, excluded = load_spectra(spectra)
     if pairs is None:
         conds = list(dict.fromkeys(c for c, _ in [*labels, *excluded]))
         pairs = [(a, b) for i, a in enumerate(conds) for b in conds[i + 1 :]]
     w = pairwise(values)
-    table = verdict_table(labels, w, pairs, alpha, max_ratio, permutations, excluded)
+    table = verdict_table(
+        labels, w, pairs, alpha, max_ratio, permutations, excluded, correction=correction
+    )
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     write_dataset(distances_dataset(labels, w), outdir / "distances.zarr")

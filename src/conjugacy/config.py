@@ -19,9 +19,24 @@ from typing import Any
 import jsonschema
 import yaml
 
-from conjugacy.systems.shapes import DATASET_FILES, recorded_snapshots, tensor_shapes
+from conjugacy.systems.shapes import (
+    CNN_LAST_LAYER,
+    DATASET_FILES,
+    recorded_snapshots,
+    tensor_shapes,
+)
 
-KOOPMAN_KEYS = ("observables", "delays", "rank", "window", "pca")
+KOOPMAN_KEYS = (
+    "observables",
+    "delays",
+    "rank",
+    "window",
+    "pca",
+    "windows",
+    "variant",
+    "device",
+    "modes",
+)
 
 
 class ConfigError(ValueError):
@@ -99,11 +114,139 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
         _validate(cond, sch, root, ["conditions", name])
         own_koopman = cond.pop("koopman", {})  # its keys override the experiment's, not defaults
         _fill_defaults(cond, sch, root)
+        if cond["system"] == "cnn":  # the default observable: the architecture's last layer
+            cond.setdefault("record", [CNN_LAST_LAYER[cond["arch"]]])
         cond.setdefault("seeds", list(cfg["seeds"]))
         cond["koopman"] = {**cfg["koopman"], **own_koopman}
         _check_condition(name, cond)
     _check_pairs(cfg)
+    if "predict" in cfg:
+        _check_predict(cfg)
+    if "prune" in cfg:
+        _check_prune(cfg)
+    if "monitor" in cfg:
+        _check_monitor(cfg)
     return cfg
+
+
+def _section_condition(cfg: dict[str, Any], section: str, i: int, name: str) -> dict[str, Any]:
+    """The condition a section (prune, monitor) names at index i, or a ConfigError."""
+    cond = cfg["conditions"].get(name)
+    if cond is None:
+        raise ConfigError(
+            f"config key {section}.conditions.{i}: condition {name!r} is not defined; "
+            f"expected one of {sorted(cfg['conditions'])}"
+        )
+    return cond
+
+
+def _check_prune(cfg: dict[str, Any]) -> None:
+    """Pruned conditions are nets that record every parameter through the DMD window."""
+    pr = cfg["prune"]
+    for i, name in enumerate(pr["conditions"]):
+        label = f"config key prune.conditions.{i}"
+        cond = _section_condition(cfg, "prune", i, name)
+        if cond["system"] != "fcn":
+            raise ConfigError(f"{label}: {name!r} is a {cond['system']}; expected an fcn")
+        missing = sorted(set(tensor_shapes(cond)) - set(cond["record"]))
+        if missing:
+            raise ConfigError(
+                f"{label}: pruning rebuilds the nets, so {name!r} must record every "
+                f"parameter; add {missing} to its record"
+            )
+        start, stop = pr["window"]
+        inside = [s for s in recorded_snapshots(cond) if start <= s < stop]
+        if not start < stop or len(inside) < 3:
+            raise ConfigError(
+                f"config key prune.window: [{start}, {stop}) holds {len(inside)} recorded "
+                f"steps of {name!r} ({cond['steps']} steps); expected [start, stop) with at "
+                "least 3"
+            )
+        if stop > cond["steps"]:
+            raise ConfigError(
+                f"config key prune.window: stop {stop} is past the {cond['steps']} steps of "
+                f"{name!r}; the window must end before training does"
+            )
+
+
+def _check_monitor(cfg: dict[str, Any]) -> None:
+    """Every monitored condition has a whole window and the DMD settings fit it."""
+    mon = cfg["monitor"]
+    if mon["window"] < mon["delays"] + 2:
+        raise ConfigError(
+            f"config key monitor.window: {mon['window']} snapshots; {mon['delays']} delays "
+            f"need at least {mon['delays'] + 2}"
+        )
+    for i, name in enumerate(mon["conditions"]):
+        cond = _section_condition(cfg, "monitor", i, name)
+        steps = recorded_snapshots(cond)
+        if mon["window"] > len(steps):
+            raise ConfigError(
+                f"config key monitor.window: {mon['window']} snapshots, but {name!r} records "
+                f"{len(steps)}; expected at most {len(steps)}"
+            )
+        shapes = tensor_shapes(cond)
+        if "record" in cond:
+            shapes = {t: shapes[t] for t in cond["record"]}
+        check_koopman(
+            {k: mon[k] for k in ("observables", "delays", "rank")},
+            shapes,
+            steps[: mon["window"]],
+            cond_inits(cond),
+            label=lambda k, name=name: f"config key monitor.{k} ({name})",
+        )
+
+
+def _check_predict(cfg: dict[str, Any]) -> None:
+    """The predict section names net conditions that record what the jumps need."""
+    pred = cfg["predict"]
+    for i, name in enumerate(pred["conditions"]):
+        label = f"config key predict.conditions.{i}"
+        cond = cfg["conditions"].get(name)
+        if cond is None:
+            raise ConfigError(
+                f"{label}: condition {name!r} is not defined; expected one of "
+                f"{sorted(cfg['conditions'])}"
+            )
+        if cond["system"] not in ("fcn", "mlp"):
+            raise ConfigError(f"{label}: {name!r} is a {cond['system']}; expected fcn or mlp")
+        check_predict(pred, cond, lambda k, name=name: f"config key predict.{k} ({name})")
+    acc = pred["accelerate"]
+    if acc["window"] > acc["k"] + 1:
+        raise ConfigError(
+            f"config key predict.accelerate.window: {acc['window']} snapshots, but k = "
+            f"{acc['k']} optimizer steps between jumps give at most {acc['k'] + 1}"
+        )
+
+
+def check_predict(pred: dict[str, Any], cond: dict[str, Any], label: Callable[[str], str]) -> None:
+    """Check a (start, windows, jumps) schedule against what a condition records.
+
+    Shared by the config check and the `predict` command (before any data is read).
+    """
+    missing = sorted(set(tensor_shapes(cond)) - set(cond["record"]))
+    if missing:
+        raise ConfigError(
+            f"{label('conditions')}: the jumps need every tensor recorded; add {missing} "
+            "to its record"
+        )
+    if cond["record_every"] != 1:
+        raise ConfigError(
+            f"{label('conditions')}: record_every is {cond['record_every']}; the jumps need 1"
+        )
+    for key, low in (("windows", 2), ("jumps", 1)):
+        bad = [v for v in pred[key] if v < low]
+        if bad:
+            raise ConfigError(f"{label(key)}: {bad[0]}; expected integers >= {low}")
+    if pred["start"] < 0:
+        raise ConfigError(f"{label('start')}: {pred['start']}; expected an integer >= 0")
+    need = pred["start"] + max(pred["windows"]) - 1 + max(pred["jumps"])
+    if need > cond["steps"]:
+        raise ConfigError(
+            f"{label('jumps')}: start {pred['start']} + window {max(pred['windows'])} - 1 + "
+            f"jump {max(pred['jumps'])} = step {need}, past the {cond['steps']} steps trained; "
+            f"expected start + window - 1 + jump <= {cond['steps']}"
+        )
 
 
 def condition_pairs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
@@ -144,10 +287,12 @@ def _check_condition(name: str, cond: dict[str, Any]) -> None:
             raise ConfigError(f"config key {key}.domain: expected [low, high] with low < high")
     if cond.get("device") == "cuda" and cond.get("gpus") == 0:
         raise ConfigError(f"config key {key}.gpus: device cuda needs at least 1 GPU, got 0")
-    if cond["system"] == "fcn":
+    if cond["system"] in ("fcn", "cnn"):
         _check_data_dir(cond, key)
+    if cond["system"] == "transformer":
+        _check_transformer(cond, key)
     shapes = tensor_shapes(cond)
-    if cond["system"] == "fcn":
+    if cond["system"] in ("fcn", "mlp", "transformer", "cnn"):
         for tensor in cond["record"]:
             if tensor not in shapes:
                 raise ConfigError(
@@ -164,6 +309,44 @@ def _check_condition(name: str, cond: dict[str, Any]) -> None:
         cond_inits(cond),
         label=lambda k: f"config key {key}.koopman.{k}",
     )
+    if cond["koopman"].get("windows"):
+        cond["koopman"]["windows"] = {"start": 0, **cond["koopman"]["windows"]}
+        check_windows(
+            cond["koopman"],
+            recorded,
+            recorded_snapshots(cond),
+            cond_inits(cond),
+            label=lambda k: f"config key {key}.koopman.{k}",
+        )
+
+
+def window_bounds(windows: dict[str, int]) -> list[tuple[int, int]]:
+    """[start, stop) of each of the successive windows of a `koopman.windows` setting."""
+    start, length = windows.get("start", 0), windows["length"]
+    return [(start + k * length, start + (k + 1) * length) for k in range(windows["count"])]
+
+
+def check_windows(
+    kcfg: dict[str, Any],
+    shapes: dict[str, tuple[int, ...]],
+    steps: list[int],
+    inits: int,
+    label: Callable[[str], str],
+) -> None:
+    """Every window of `kcfg['windows']` lies in the recorded steps and fits the DMD settings."""
+    for k, (start, stop) in enumerate(window_bounds(kcfg["windows"])):
+        if stop - 1 > steps[-1]:
+            raise ConfigError(
+                f"{label('windows')}: window {k} is [{start}, {stop}) but training records "
+                f"steps up to {steps[-1]}; expected start + count * length <= {steps[-1] + 1}"
+            )
+        check_koopman(
+            {**kcfg, "window": [start, stop]},
+            shapes,
+            steps,
+            inits,
+            label=lambda key, w=f"window {k}: [{start}, {stop})": f"{label(key)} ({w})",
+        )
 
 
 def _check_data_dir(cond: dict[str, Any], key: str) -> None:
@@ -183,9 +366,23 @@ def _check_data_dir(cond: dict[str, Any], key: str) -> None:
             raise ConfigError(f"config key {key}.data_dir: {folder} has no {name}; {expected}")
 
 
+def _check_transformer(cond: dict[str, Any], key: str) -> None:
+    """Head size and the constrained-norm run's settings."""
+    if cond["d_model"] % cond["n_heads"]:
+        raise ConfigError(
+            f"config key {key}.n_heads: {cond['n_heads']} heads do not divide "
+            f"d_model {cond['d_model']}; expected a divisor of it"
+        )
+    if cond["constrain_norm"] and cond["weight_decay"]:
+        raise ConfigError(
+            f"config key {key}.weight_decay: {cond['weight_decay']} with constrain_norm; "
+            "expected 0 (the norm is held fixed, weight decay would fight the rescaling)"
+        )
+
+
 def cond_inits(cond: dict[str, Any]) -> int:
     """Number of trajectories (initial conditions) one seed of a condition records."""
-    if cond["system"] == "fcn":
+    if cond["system"] in ("fcn", "mlp", "transformer", "cnn"):
         return cond["inits"]
     grid = cond.get("grid") or cond["grid_a"]
     return grid["points"] ** 2
@@ -237,7 +434,17 @@ def check_koopman(
     lifted = dim * (delays + 1)
     pairs = inits * (n_snap - delays - 1)
     rank = kcfg.get("rank", "full")
-    if rank != "full" and rank > min(lifted, pairs):
+    if isinstance(rank, float) and not 0.0 < rank < 1.0:
+        raise ConfigError(
+            f"{label('rank')}: {rank} is not an energy fraction; expected a number in (0, 1) "
+            "(e.g. 0.99), a positive integer, 'full' or 'gd'"
+        )
+    if isinstance(rank, str) and rank not in ("full", "gd"):
+        raise ConfigError(
+            f"{label('rank')}: unknown rule {rank!r}; expected a positive integer, 'full', "
+            "'gd' or an energy fraction in (0, 1)"
+        )
+    if isinstance(rank, int) and rank > min(lifted, pairs):
         which = (
             f"the lifted dimension {lifted} ({dim} values x (delays {delays} + 1))"
             if lifted <= pairs
@@ -251,7 +458,7 @@ def check_koopman(
 
 # Condition keys that do not change its trajectories (the seed is a wildcard;
 # `gpus` is what the job requests, `device` decides where it computes).
-NOT_TRAINING = ("koopman", "seeds", "gpus")
+NOT_TRAINING = ("koopman", "seeds", "gpus", "companion")
 
 
 def training_config(cond: dict[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,29 @@
-"""Exact DMD from one small accumulated matrix.
+"""DMD from one small accumulated matrix: exact, total-least-squares and forward-backward.
 
-With lifted snapshot pairs X, Y (D x M, columns pooled over inits) exact DMD
-needs X = U S V^T and A~ = U^T Y V S^-1. Both come from a matrix of side
-min(D, M) accumulated in float64 in one pass over the data:
+With lifted snapshot pairs X, Y (D x M, columns pooled over inits) every
+route ends in the same r-dimensional POD coordinates of X = U S V^T:
+X~ = U_r^T X = S_r V_r^T and Y~ = U_r^T Y, through the three r x r matrices
 
-* Gram route (D > M):       X^T X = V S^2 V^T,  A~ = S^-1 V^T (X^T Y) V S^-1
-* covariance route (D <= M): X X^T = U S^2 U^T,  A~ = U^T (Y X^T) U S^-2
+    S_r^2 = X~ X~^T,   Syx = Y~ X~^T,   Syy = Y~ Y~^T
 
-Both give A~ in the same basis U, so eigenvalues agree, and amplitudes up to
-the scale and phase of each eigenvector. A
-squared matrix resolves singular values only down to about sqrt(eps) * s_max;
+which come from a matrix of side min(D, M) accumulated in float64 in one
+pass over the data:
+
+* Gram route (D > M):       X^T X = V S^2 V^T; Y~^T = (Y^T X) V S^-1
+* covariance route (D <= M): X X^T = U S^2 U^T; Syx = U^T (Y X^T) U, Syy = U^T (Y Y^T) U
+* QR routes: an SVD of small coefficient matrices with the inner products of X, Y
+
+Variants (`variant`):
+
+* exact: A~ = Syx S^-2 = U^T Y V S^-1 (Tu et al. 2014).
+* tls: total least squares on the POD coordinates (Hemati et al. 2017): the
+  leading r left singular vectors [U11; U21] of [X~; Y~] give A~ = U21 U11^-1.
+  De-biases noise in X as well as Y.
+* fb: forward-backward (Dawson et al. 2016): forward f = Syx S^-2, backward
+  b = Syx^T Syy^-1, A~ = (f b^-1)^(1/2), each eigenvalue's root chosen nearest
+  the forward one. Noise shrinks f and b^-1 alike, so the root cancels it.
+
+A squared matrix resolves singular values only down to about sqrt(eps) * s_max;
 when the rank asks for smaller ones, the QR routes (a streaming float64 QR
 whose R factor stands in for the data) give them to eps * s_max.
 """
@@ -22,6 +36,8 @@ import numpy as np
 import scipy.linalg
 
 EPS = np.finfo(np.float64).eps
+VARIANTS = ("exact", "tls", "fb")
+RANK_RULES = ("full", "gd")  # besides a positive integer and an energy fraction in (0, 1)
 
 
 @dataclass
@@ -30,16 +46,57 @@ class DMDResult:
     amplitudes: np.ndarray  # (rank, inits) complex128: W^-1 U_r^T x0 of each init
     singular_values: np.ndarray  # all singular values of X, descending
     rank: int
+    eigenvectors: np.ndarray | None = None  # W: eigenvectors of A~ in the POD basis
+    # How to get Y V S^-1 for the modes: in the lifted space directly (D x r),
+    # or as coefficients over the pair columns (M x r: Y V S^-1 = Y @ pair_coefs).
+    y_basis: np.ndarray | None = None
+    pair_coefs: np.ndarray | None = None
+
+    def mode_matrix(self, y_v_sinv: np.ndarray) -> np.ndarray:
+        """Modes Phi = Y V S^-1 W / mu from rows of Y V S^-1 (exact DMD modes, scaled).
+
+        Scaled by 1/mu so that Phi diag(mu^t) b reproduces snapshot t with the
+        stored amplitudes b (for data that a linear map fits, Phi = U_r W).
+        """
+        mu = self.eigenvalues
+        big = np.abs(mu) > 1e3 * EPS * max(np.abs(mu).max(initial=0.0), EPS)
+        scale = np.where(big, 1.0 / np.where(big, mu, 1.0), 1.0)
+        return (y_v_sinv @ self.eigenvectors) * scale[None, :]
 
 
-def _eigh_desc(m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Eigenpairs of a symmetric PSD matrix, largest first, negative rounding clipped."""
-    lam, vec = scipy.linalg.eigh((m + m.T) / 2)
+def eigh_desc(m: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenpairs of a symmetric PSD matrix (one triangle read), largest first, clipped at 0.
+
+    LAPACK's dsyevr: small workspace, unlike numpy's dsyevd (2 n^2 more).
+    """
+    if m.flags.c_contiguous and not m.flags.f_contiguous:
+        m = m.T  # the same symmetric matrix, in the Fortran order LAPACK takes without a copy
+    lam, vec = scipy.linalg.eigh(
+        m, lower=True, overwrite_a=overwrite, check_finite=False, driver="evr"
+    )
     return np.clip(lam[::-1], 0.0, None), vec[:, ::-1]
 
 
-def select_rank(s: np.ndarray, rank: int | str, tol: float) -> int:
-    """Truncation rank: k capped at the numerical rank; "full" is the numerical rank.
+def gavish_donoho(s: np.ndarray, shape: tuple[int, int]) -> float:
+    """Optimal hard threshold for singular values in white noise of unknown level.
+
+    Gavish & Donoho (2014): omega(beta) * median(s), beta = min / max of the
+    matrix's sides, with their cubic fit of omega.
+    """
+    beta = min(shape) / max(shape)
+    omega = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43
+    return float(omega * np.median(s[: min(shape)]))
+
+
+def select_rank(
+    s: np.ndarray, rank: int | float | str, tol: float, shape: tuple[int, int] | None = None
+) -> int:
+    """Truncation rank by a rule, capped at the numerical rank.
+
+    rank: a positive integer k; "full" (the numerical rank); "gd" (singular
+    values above the Gavish-Donoho threshold, needs the matrix `shape`); or a
+    float in (0, 1): the fewest leading singular values whose squares hold that
+    fraction of the total energy sum(s^2).
 
     The numerical rank counts singular values above tol * s_max: tol is
     max(D, M) * eps when s comes from an SVD or QR of the data, and its square
@@ -50,7 +107,19 @@ def select_rank(s: np.ndarray, rank: int | str, tol: float) -> int:
     numerical = int(np.count_nonzero(s > tol * s[0])) if s.size and s[0] > 0 else 0
     if numerical == 0:
         raise ValueError("the snapshot matrix is zero: no DMD is possible")
-    return numerical if rank == "full" else min(int(rank), numerical)
+    if rank == "full":
+        return numerical
+    if rank == "gd":
+        size = shape if shape is not None else (s.size, s.size)
+        wanted = int(np.count_nonzero(s > gavish_donoho(s, size)))
+    elif isinstance(rank, float):
+        if not 0.0 < rank < 1.0:
+            raise ValueError(f"energy fraction {rank} is not in (0, 1)")
+        energy = np.cumsum(s.astype(np.float64) ** 2)
+        wanted = int(np.searchsorted(energy, rank * energy[-1], side="left")) + 1
+    else:
+        wanted = int(rank)
+    return max(1, min(wanted, numerical))
 
 
 def squared_tol(size: int) -> float:
@@ -58,52 +127,130 @@ def squared_tol(size: int) -> float:
     return float(np.sqrt(size * EPS))
 
 
-def _spectrum(atilde: np.ndarray, coords0: np.ndarray, s: np.ndarray, r: int) -> DMDResult:
-    """Eigen-decompose A~ and express each init's first lifted snapshot in its eigenbasis."""
-    mu, w = scipy.linalg.eig(atilde)
+def reduced_dmd(
+    s: np.ndarray, syx: np.ndarray, syy: np.ndarray | None, coords0: np.ndarray, variant: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Eigenvalues (by decreasing modulus), eigenvectors W and amplitudes of a variant's A~.
+
+    s: the r kept singular values; syx = Y~ X~^T, syy = Y~ Y~^T (r x r,
+    needed by tls and fb); coords0 = U_r^T x0 (r x inits).
+    """
+    s2 = s**2
+    if variant == "exact":
+        atilde = syx / s2[None, :]
+        mu, w = scipy.linalg.eig(atilde)
+    elif variant == "tls":
+        r = s.size
+        z = np.block([[np.diag(s2), syx.T], [syx, syy]])
+        _, uz = eigh_desc(z)
+        u11, u21 = uz[:r, :r], uz[r:, :r]
+        mu, w = scipy.linalg.eig(np.linalg.solve(u11.T, u21.T).T)  # U21 U11^-1
+    elif variant == "fb":
+        forward = syx / s2[None, :]
+        backward = syx.T @ np.linalg.inv(syy)
+        mu2, w = scipy.linalg.eig(forward @ np.linalg.inv(backward))
+        root = np.sqrt(mu2.astype(np.complex128))
+        fwd = np.diag(np.linalg.solve(w, forward @ w))  # forward's value along each vector
+        mu = np.where(np.abs(root - fwd) <= np.abs(-root - fwd), root, -root)
+    else:
+        raise ValueError(f"unknown DMD variant {variant!r}; expected one of {list(VARIANTS)}")
     order = np.lexsort((-mu.imag, -np.abs(mu)))
-    mu, w = mu[order], w[:, order]
+    mu, w = mu[order].astype(np.complex128), w[:, order]
     amplitudes = np.linalg.lstsq(w, coords0.astype(np.complex128), rcond=None)[0]
-    return DMDResult(mu.astype(np.complex128), amplitudes, s, r)
+    return mu, w, amplitudes
+
+
+def _result(
+    s_all: np.ndarray,
+    r: int,
+    syx: np.ndarray,
+    syy: np.ndarray | None,
+    coords0: np.ndarray,
+    variant: str,
+    **modes: np.ndarray,
+) -> DMDResult:
+    mu, w, amplitudes = reduced_dmd(s_all[:r], syx, syy, coords0, variant)
+    return DMDResult(mu, amplitudes, s_all, r, w, **modes)
 
 
 def dmd_from_gram(
-    gxx: np.ndarray, gxy: np.ndarray, gx0: np.ndarray, rank: int | str, dim: int
+    gxx: np.ndarray,
+    gxy: np.ndarray,
+    gx0: np.ndarray,
+    rank: int | float | str,
+    dim: int,
+    variant: str = "exact",
 ) -> DMDResult:
-    """Exact DMD from X^T X (M x M), X^T Y (M x M) and X^T x0 (M x inits); X has `dim` rows."""
-    lam, v = _eigh_desc(gxx)
-    r = select_rank(np.sqrt(lam), rank, squared_tol(max(dim, gxx.shape[0])))
-    s = np.sqrt(lam[:r])
-    vr = v[:, :r]
-    atilde = (vr.T @ gxy @ vr) / s[:, None] / s[None, :]
+    """DMD from X^T X (M x M), X^T Y (M x M) and X^T x0 (M x inits); X has `dim` rows."""
+    lam, v = eigh_desc(gxx)
+    s_all = np.sqrt(lam)
+    m = gxx.shape[0]
+    r = select_rank(s_all, rank, squared_tol(max(dim, m)), (dim, m))
+    return dmd_from_gram_factors(s_all, r, v[:, :r], gxy.T @ v[:, :r], gx0, variant)
+
+
+def dmd_from_gram_factors(
+    s_all: np.ndarray,
+    r: int,
+    vr: np.ndarray,
+    ytxv: np.ndarray,
+    gx0: np.ndarray,
+    variant: str = "exact",
+) -> DMDResult:
+    """DMD from the Gram's leading eigenvectors V_r, Y^T X V_r (M x r) and X^T x0 (M x inits)."""
+    s = s_all[:r]
+    ytilde_t = ytxv / s[None, :]  # Y~^T = Y^T U_r = Y^T X V_r S_r^-1
+    syx = ytilde_t.T @ (vr * s[None, :])  # Y~ X~^T with X~^T = V_r S_r
+    syy = ytilde_t.T @ ytilde_t
     coords0 = (vr.T @ gx0) / s[:, None]  # U_r^T x0 with U_r = X V_r S_r^-1
-    return _spectrum(atilde, coords0, np.sqrt(lam), r)
+    return _result(s_all, r, syx, syy, coords0, variant, pair_coefs=vr / s[None, :])
 
 
 def dmd_from_covariance(
-    cxx: np.ndarray, cyx: np.ndarray, x0: np.ndarray, rank: int | str, n_pairs: int
+    cxx: np.ndarray,
+    cyx: np.ndarray,
+    x0: np.ndarray,
+    rank: int | float | str,
+    n_pairs: int,
+    cyy: np.ndarray | None = None,
+    variant: str = "exact",
 ) -> DMDResult:
-    """Exact DMD from X X^T (D x D), Y X^T (D x D) and the first lifted snapshots x0 (D x inits)."""
-    lam, u = _eigh_desc(cxx)
-    r = select_rank(np.sqrt(lam), rank, squared_tol(max(cxx.shape[0], n_pairs)))
+    """DMD from X X^T, Y X^T (D x D), the first lifted snapshots x0 (D x inits) and, for
+    the tls and fb variants, Y Y^T."""
+    lam, u = eigh_desc(cxx)
+    d = cxx.shape[0]
+    s_all = np.sqrt(lam)
+    r = select_rank(s_all, rank, squared_tol(max(d, n_pairs)), (d, n_pairs))
     ur = u[:, :r]
-    atilde = (ur.T @ cyx @ ur) / lam[None, :r]
-    return _spectrum(atilde, ur.T @ x0, np.sqrt(lam), r)
+    syx = ur.T @ cyx @ ur
+    syy = ur.T @ cyy @ ur if cyy is not None else None
+    y_basis = (cyx @ ur) / lam[None, :r]  # Y V S^-1 = Y X^T U S^-2
+    return _result(s_all, r, syx, syy, ur.T @ x0, variant, y_basis=y_basis)
 
 
 def dmd_dense(
-    x: np.ndarray, y: np.ndarray, x0: np.ndarray, rank: int | str, size: int | None = None
+    x: np.ndarray,
+    y: np.ndarray,
+    x0: np.ndarray,
+    rank: int | float | str,
+    size: int | None = None,
+    variant: str = "exact",
+    shape: tuple[int, int] | None = None,
 ) -> DMDResult:
-    """Exact DMD by SVD of X held in memory; x0 (rows of X x inits) gives the amplitudes.
+    """DMD by SVD of X held in memory; x0 (rows of X x inits) gives the amplitudes.
 
-    Also the last step of the QR routes, where X and Y are replaced by their
-    small coefficient matrices in an orthonormal basis (same eigenvalues).
-    `size` is max(D, M) of the original X, for the numerical-rank tolerance.
+    Also the last step of the QR routes, where X and Y are replaced by small
+    coefficient matrices with the same inner products (same eigenvalues).
+    `size` is max(D, M) and `shape` (D, M) of the original X, for the
+    numerical-rank tolerance and the Gavish-Donoho threshold.
     """
     u, s, vh = np.linalg.svd(x, full_matrices=False)
-    r = select_rank(s, rank, (size or max(x.shape)) * EPS)
-    atilde = (u[:, :r].T @ y @ vh[:r].T) / s[None, :r]
-    return _spectrum(atilde, u[:, :r].T @ x0, s, r)
+    r = select_rank(s, rank, (size or max(x.shape)) * EPS, shape or x.shape)
+    ytilde = u[:, :r].T @ y
+    syx = ytilde @ (vh[:r].T * s[None, :r])
+    syy = ytilde @ ytilde.T
+    coefs = vh[:r].T / s[None, :r]
+    return _result(s, r, syx, syy, u[:, :r].T @ x0, variant, y_basis=y @ coefs, pair_coefs=coefs)
 
 
 def tsqr_update(r: np.ndarray | None, block: np.ndarray) -> np.ndarray:
@@ -119,6 +266,14 @@ def needs_qr(s: np.ndarray, rank: int | str, limit: float = 1e-4) -> bool:
     Gram eigenvalues carry an absolute error of about eps * s_max^2, so a
     singular value below `limit` * s_max has lost more than eps / limit^2
     (~2e-8) of its relative accuracy, and one below sqrt(eps) * s_max is gone.
+    `rank` is "full" (every singular value) or the number of them used.
     """
     wanted = s.size if rank == "full" else min(int(rank), s.size)
     return bool(s[wanted - 1] < limit * s[0])
+
+
+def condition_number(s: np.ndarray, rank: int | str) -> float:
+    """Condition number of the squared matrix restricted to the wanted rank: (s_1 / s_r)^2."""
+    wanted = s.size if rank == "full" else min(int(rank), s.size)
+    low = s[wanted - 1]
+    return float((s[0] / low) ** 2) if low > 0 else float("inf")

@@ -1,10 +1,12 @@
-"""Stage 2: Koopman eigenvalues of one trajectory store by exact DMD.
+"""Stage 2: Koopman eigenvalues of one trajectory store by DMD.
 
 Snapshot pairs of all inits are pooled (no pair crosses two inits) and one
 DMD is fitted. One pass over the store accumulates, in float64, the plain
 snapshot Gram (when the lifted dimension D exceeds the number of pairs M, or
 when PCA is asked for) or the lifted covariance (otherwise). Time delays are
 applied to the accumulated matrix or per block, never to the whole data.
+Modes, when asked for, take a second pass (Gram and QR-tall routes) or come
+from the accumulated covariance (the others).
 """
 
 from __future__ import annotations
@@ -16,39 +18,53 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+import zarr
 
-from conjugacy.config import check_koopman
+from conjugacy.backend import NumpyBackend, TorchBackend, backend
+from conjugacy.config import ConfigError, check_koopman
 from conjugacy.dmd import (
     DMDResult,
+    condition_number,
     dmd_dense,
     dmd_from_covariance,
-    dmd_from_gram,
+    dmd_from_gram_factors,
+    eigh_desc,
     needs_qr,
+    select_rank,
+    squared_tol,
     tsqr_update,
 )
-from conjugacy.observables import BUDGET, Observable, lift, lifted_gram
-from conjugacy.store import open_trajectory, tensor_variables, write_dataset
+from conjugacy.observables import BUDGET, Observable, lift, lift_gram_inplace
+from conjugacy.readahead import DEPTH
+from conjugacy.store import CHECKSUM, open_trajectory, seal, tensor_variables, write_dataset
 
 log = logging.getLogger(__name__)
+
+Backend = NumpyBackend | TorchBackend
+MODE_CHUNK = 1 << 17  # values per chunk of the modes array (times the rank, complex128)
 
 
 @dataclass
 class KoopmanOptions:
     observables: list[str] | None = None
     delays: int = 0
-    rank: int | str = "full"
+    rank: int | float | str = "full"
     window: tuple[int, int] | None = None
     pca: int | None = None
+    variant: str = "exact"
+    device: str = "cpu"
+    modes: bool = False
+    readahead: int = DEPTH
 
 
-def accumulate_gram(obs: Observable) -> np.ndarray:
+def accumulate_gram(obs: Observable, be: Backend | None = None) -> np.ndarray:
     """X^T X over every snapshot (init-major), one block of parameters at a time."""
+    be = be or NumpyBackend()
     n = obs.inits * obs.n_steps
-    gram = np.zeros((n, n), dtype=np.float64)
+    acc = be.zeros((n, n))
     for block in obs.param_blocks():
-        b = block.reshape(n, -1)
-        gram += b @ b.T
-    return gram
+        be.add_gram(acc, block.reshape(n, -1))
+    return be.finish_gram(acc)
 
 
 def pairs_of(lifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -57,30 +73,77 @@ def pairs_of(lifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lifted[:, :-1].reshape(-1, d), lifted[:, 1:].reshape(-1, d)
 
 
-def gram_route(obs: Observable, delays: int, rank: int | str, dim: int) -> DMDResult:
-    """D > M: the lifted Gram is a sum of shifted blocks of the plain snapshot Gram."""
-    n = obs.inits
-    h = lifted_gram(accumulate_gram(obs), n, obs.n_steps, delays)
-    m = obs.n_steps - delays - 1  # pair columns per init
-    gxx = h[:, :m, :, :m].reshape(n * m, n * m)
-    gxy = h[:, :m, :, 1:].reshape(n * m, n * m)
-    return dmd_from_gram(gxx, gxy, gxx[:, ::m], rank, dim)
+def gram_route(
+    obs: Observable,
+    delays: int,
+    rank: int | float | str,
+    dim: int,
+    variant: str = "exact",
+    be: Backend | None = None,
+) -> DMDResult:
+    """D > M: the lifted Gram is a sum of shifted blocks of the plain snapshot Gram.
+
+    Memory: the plain Gram (inits*T)^2, turned into the lifted one in place,
+    then one M x M copy of X^T X for the eigensolver and its eigenvectors.
+    X^T Y is never formed: Y^T X V_r is summed block by block from the
+    lifted Gram's views.
+    """
+    n, t = obs.inits, obs.n_steps
+    m = t - delays  # lifted snapshots per init
+    k = m - 1  # pairs per init
+    h = lift_gram_inplace(accumulate_gram(obs, be), n, t, delays)  # (n, m, n, m) view
+    size = n * k
+    gxx = np.empty((n, k, n, k))
+    gxx[...] = h[:, :k, :, :k]
+    gx0 = h[:, :k, :, 0].reshape(size, n)  # X^T x0: the first lifted snapshot of each init
+    lam, v = eigh_desc(gxx.reshape(size, size), overwrite=True)
+    del gxx
+    s_all = np.sqrt(lam)
+    r = select_rank(s_all, rank, squared_tol(max(dim, size)), (dim, size))
+    vr = np.ascontiguousarray(v[:, :r])
+    del v
+    v4 = vr.reshape(n, k, r)
+    ytxv = np.zeros((n, k, r))
+    for a in range(n):  # Y^T X V_r: rows at y positions (t >= 1), columns at x positions
+        for b in range(n):
+            ytxv[a] += h[a, 1:, b, :k] @ v4[b]
+    return dmd_from_gram_factors(s_all, r, vr, ytxv.reshape(size, r), gx0, variant)
 
 
-def covariance_route(obs: Observable, delays: int, rank: int | str, n_pairs: int) -> DMDResult:
-    """D <= M: X X^T and Y X^T of lifted pairs, one block of steps at a time."""
-    cxx = cyx = x0 = None
+def covariance_route(
+    obs: Observable,
+    delays: int,
+    rank: int | float | str,
+    n_pairs: int,
+    variant: str = "exact",
+    be: Backend | None = None,
+) -> DMDResult:
+    """D <= M: X X^T and Y X^T (and Y Y^T for tls, fb) of lifted pairs, one block of steps
+    at a time."""
+    be = be or NumpyBackend()
+    cxx = cyx = cyy = x0 = None
     for start, block in obs.step_blocks(overlap=delays + 1):
         lifted = lift(block, delays)
         x, y = pairs_of(lifted)
-        cxx = x.T @ x if cxx is None else cxx + x.T @ x
-        cyx = y.T @ x if cyx is None else cyx + y.T @ x
+        if cxx is None:
+            d = x.shape[1]
+            cxx, cyx = be.zeros((d, d)), be.zeros((d, d))
+            cyy = be.zeros((d, d)) if variant != "exact" else None
+        be.add_product(cxx, x, x)
+        be.add_product(cyx, y, x)
+        if cyy is not None:
+            be.add_product(cyy, y, y)
         if start == 0:
             x0 = lifted[:, 0].T.copy()
-    return dmd_from_covariance(cxx, cyx, x0, rank, n_pairs)
+    cyy = be.numpy(cyy) if cyy is not None else None
+    return dmd_from_covariance(
+        be.numpy(cxx), be.numpy(cyx), x0, rank, n_pairs, cyy=cyy, variant=variant
+    )
 
 
-def qr_tall_route(obs: Observable, delays: int, rank: int | str, size: int) -> DMDResult:
+def qr_tall_route(
+    obs: Observable, delays: int, rank: int | float | str, size: int, variant: str = "exact"
+) -> DMDResult:
     """D > M, ill-conditioned: streaming QR of the lifted snapshots Z (D x inits*m).
 
     Z = Q R, so X = Q R[:, x] and Y = Q R[:, y]: DMD of the small coefficient
@@ -93,23 +156,33 @@ def qr_tall_route(obs: Observable, delays: int, rank: int | str, size: int) -> D
         r = tsqr_update(r, rows.reshape(n * m, -1).T)
     cols = np.arange(n * m).reshape(n, m)
     x_cols, y_cols = cols[:, :-1].ravel(), cols[:, 1:].ravel()
-    return dmd_dense(r[:, x_cols], r[:, y_cols], r[:, cols[:, 0]], rank, size)
+    shape = (obs.dim * (delays + 1), x_cols.size)
+    res = dmd_dense(r[:, x_cols], r[:, y_cols], r[:, cols[:, 0]], rank, size, variant, shape)
+    res.y_basis = None  # in the basis Q, not the lifted space: modes take the second pass
+    return res
 
 
-def qr_wide_route(obs: Observable, delays: int, rank: int | str, size: int) -> DMDResult:
+def qr_wide_route(
+    obs: Observable, delays: int, rank: int | float | str, size: int, variant: str = "exact"
+) -> DMDResult:
     """D <= M, ill-conditioned: streaming QR of the pair rows [X^T | Y^T] (M x 2D).
 
     [X^T | Y^T] = Q R gives X = R[:, :D]^T Q^T and Y = R[:, D:]^T Q^T: DMD of
     the D x 2D coefficient matrices has the same eigenvalues and modes.
     """
     r = x0 = None
+    n_pairs = 0
     for start, block in obs.step_blocks(overlap=delays + 1):
         lifted = lift(block, delays)
-        r = tsqr_update(r, np.hstack(pairs_of(lifted)))
+        pairs = np.hstack(pairs_of(lifted))
+        n_pairs += pairs.shape[0]
+        r = tsqr_update(r, pairs)
         if start == 0:
             x0 = lifted[:, 0].T.copy()
     d = r.shape[1] // 2
-    return dmd_dense(r[:, :d].T, r[:, d:].T, x0, rank, size)
+    res = dmd_dense(r[:, :d].T, r[:, d:].T, x0, rank, size, variant, (d, n_pairs))
+    res.pair_coefs = None  # over the rows of Q, not the pairs; y_basis is the lifted one
+    return res
 
 
 def pca_scores(gram: np.ndarray, k: int) -> np.ndarray:
@@ -125,38 +198,53 @@ def pca_scores(gram: np.ndarray, k: int) -> np.ndarray:
     return vec * np.sqrt(lam)[None, :]
 
 
+def _wanted(rank: int | float | str, result: DMDResult) -> int | str:
+    """The rank needs_qr checks: an integer or "full" as asked, else the rank a rule chose."""
+    return rank if rank == "full" or isinstance(rank, int) else result.rank
+
+
 def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[str, Any]]:
-    """Fit one pooled exact DMD to an observable; return it with facts about the fit.
+    """Fit one pooled DMD to an observable; return it with facts about the fit.
 
     The route is chosen by size (Gram when D > M, covariance otherwise), and
     switches to the matching QR route when the squared matrix cannot resolve
-    the singular values the rank asks for.
+    the singular values the rank asks for (the log says so, with the
+    condition number).
     """
     n, t, delays = obs.inits, obs.n_steps, opts.delays
     values = opts.pca if opts.pca is not None else obs.dim
     lifted_dim = values * (delays + 1)
     n_pairs = n * (t - delays - 1)
     size = max(lifted_dim, n_pairs)
+    be = backend(opts.device)
+    variant = opts.variant
     if opts.pca is not None:
         route = "pca"
-        scores = pca_scores(accumulate_gram(obs), opts.pca).reshape(n, t, opts.pca)
+        scores = pca_scores(accumulate_gram(obs, be), opts.pca).reshape(n, t, opts.pca)
         lifted = lift(scores, delays)
         x, y = pairs_of(lifted)
-        result = dmd_dense(x.T, y.T, lifted[:, 0].T, opts.rank, size)
-    elif lifted_dim > n_pairs:
-        route = "gram"
-        result = gram_route(obs, delays, opts.rank, lifted_dim)
-        if needs_qr(result.singular_values, opts.rank):
-            route = "qr-tall"
-            result = qr_tall_route(obs, delays, opts.rank, size)
+        shape = (lifted_dim, n_pairs)
+        result = dmd_dense(x.T, y.T, lifted[:, 0].T, opts.rank, size, variant, shape)
+        result.y_basis = result.pair_coefs = None  # modes of PCA scores: not written
     else:
-        route = "covariance"
-        result = covariance_route(obs, delays, opts.rank, n_pairs)
-        if needs_qr(result.singular_values, opts.rank):
-            route = "qr-wide"
-            result = qr_wide_route(obs, delays, opts.rank, size)
-    if route.startswith("qr"):
-        log.info("the Gram is too ill-conditioned for rank %s: used the QR route", opts.rank)
+        tall = lifted_dim > n_pairs
+        route = "gram" if tall else "covariance"
+        if tall:
+            result = gram_route(obs, delays, opts.rank, lifted_dim, variant, be)
+        else:
+            result = covariance_route(obs, delays, opts.rank, n_pairs, variant, be)
+        wanted = _wanted(opts.rank, result)
+        if needs_qr(result.singular_values, wanted):
+            log.warning(
+                "the %s matrix is ill-conditioned for rank %s: condition number %.2e "
+                "(float64 resolves about 1e8 well); switching to the stable QR route",
+                route,
+                opts.rank,
+                condition_number(result.singular_values, wanted),
+            )
+            route = "qr-tall" if tall else "qr-wide"
+            qr = qr_tall_route if tall else qr_wide_route
+            result = qr(obs, delays, opts.rank, size, variant)
     facts = {
         "route": route,
         "lifted_dim": lifted_dim,
@@ -165,8 +253,11 @@ def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[st
         "n_snapshots": t,
     }
     log.info(
-        "DMD %s route: %d inits x %d snapshots, lifted dim %d, %d pairs, rank %d",
+        "DMD %s (%s) %s route on %s: %d inits x %d snapshots, lifted dim %d, %d pairs, rank %d",
+        variant,
+        opts.rank,
         route,
+        be.name,
         n,
         t,
         lifted_dim,
@@ -174,6 +265,34 @@ def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[st
         result.rank,
     )
     return result, facts
+
+
+def write_modes(group: zarr.Group, obs: Observable, result: DMDResult, delays: int) -> None:
+    """DMD modes of the observables' values as a chunked (mode, value) complex128 array.
+
+    Modes are those of the first delay block of the lifted space (the
+    snapshot itself). Where Y V S^-1 is only known through pair coefficients
+    (Gram and QR-tall routes), a second pass over the store forms it block by
+    block: Y's first delay block is the snapshots 1 .. m-1 of each init.
+    """
+    r, dim = result.rank, obs.dim
+    arr = group.create_array(
+        "modes",
+        shape=(r, dim),
+        chunks=(r, min(dim, MODE_CHUNK)),
+        dtype="complex128",
+        fill_value=complex("nan+nanj"),
+        compressors=CHECKSUM,
+        dimension_names=("mode", "value"),
+    )
+    if result.y_basis is not None:
+        arr[:] = result.mode_matrix(result.y_basis[:dim]).T
+        return
+    m = obs.n_steps - delays
+    ranges = obs.param_ranges()
+    for (_, _, first, count), block in zip(ranges, obs.param_blocks(), strict=True):
+        y = block[:, 1:m].reshape(-1, count)  # (pairs, values), pairs init-major
+        arr[:, first : first + count] = result.mode_matrix(y.T @ result.pair_coefs).T
 
 
 def spectrum_dataset(result: DMDResult, attrs: dict[str, Any]) -> xr.Dataset:
@@ -212,6 +331,7 @@ def run(
 
     A diverged trajectory is refused, or with `skip_diverged` (as the
     workflow asks) answered by an `excluded` spectrum for compare to report.
+    With `modes`, the store also gets the `modes` array and is sealed after it.
     """
     ds = open_trajectory(trajectory, allow_diverged=skip_diverged)
     available = tensor_variables(ds)
@@ -224,12 +344,20 @@ def run(
         ds.sizes["init"],
         label=lambda key: f"option --{key} (store {trajectory})",
     )
+    if opts.modes and opts.pca is not None:
+        raise ConfigError(
+            f"option --modes (store {trajectory}): modes are of the observables' values, "
+            "not of PCA scores; expected --modes without --pca"
+        )
+    backend(opts.device)  # a missing GPU is an error before any data is read
     settings = {
         "observables": list(names),
         "delays": opts.delays,
         "rank_requested": str(opts.rank),
         "window": list(opts.window) if opts.window else None,
         "pca": opts.pca,
+        "variant": opts.variant,
+        "device": opts.device,
     }
     source = {k: ds.attrs[k] for k in ("experiment", "condition", "seed") if k in ds.attrs}
     attrs = {**source, **settings, "trajectory": str(trajectory)}
@@ -238,8 +366,16 @@ def run(
         log.warning("%s: %s; wrote an excluded spectrum", trajectory, spectrum.attrs["excluded"])
         write_dataset(spectrum, out, status="excluded")
         return spectrum
-    obs = Observable(ds, list(names), opts.window)
+    obs = Observable(ds, list(names), opts.window, readahead=opts.readahead)
     result, facts = decompose(obs, opts)
     spectrum = spectrum_dataset(result, {**attrs, **facts})
-    write_dataset(spectrum, out)
+    if not opts.modes:
+        write_dataset(spectrum, out)
+        return spectrum
+    write_dataset(spectrum, out, status="incomplete")  # sealed once the modes are in
+    group = zarr.open_group(Path(out), mode="r+", zarr_format=3)
+    write_modes(group, obs, result, opts.delays)
+    group.attrs["mode_values"] = {n: obs.sizes[n] for n in obs.names}
+    seal(group, "complete")
+    log.info("wrote modes (%d x %d) into %s", result.rank, obs.dim, out)
     return spectrum

@@ -15,9 +15,35 @@ PACKAGE = Path(__file__).resolve().parent
 # Library files whose content decides each stage's output.
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
     "train": ("train.py", "recorder.py", "store.py", "systems"),
-    "koopman": ("koopman.py", "observables.py", "dmd.py", "store.py", "config.py"),
+    "koopman": (
+        "koopman.py",
+        "observables.py",
+        "dmd.py",
+        "backend.py",
+        "readahead.py",
+        "store.py",
+        "config.py",
+    ),
     "compare": ("compare.py", "distance.py", "stats.py", "store.py"),
     "figures": ("figures.py", "compare.py", "store.py"),
+    "windows": ("windows.py", "distance.py", "stats.py", "store.py", "figures.py"),
+    "summary": ("summary.py", "store.py"),
+    "companion": ("accuracy.py", "systems"),
+    "accuracy": ("accuracy.py", "figures.py"),
+    "prune": ("prune.py", "monitor.py", "store.py", "systems", "figures.py"),
+    "monitor": (
+        "monitor.py",
+        "koopman.py",
+        "observables.py",
+        "dmd.py",
+        "store.py",
+        "config.py",
+        "systems",
+        "figures.py",
+    ),
+    "predict": ("predict.py", "dmd.py", "train.py", "systems", "store.py", "config.py"),
+    "accelerate": ("accelerate.py", "predict.py", "dmd.py", "train.py", "systems", "store.py"),
+    "predict_summary": ("predict.py", "figures.py", "store.py"),
 }
 
 

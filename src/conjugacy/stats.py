@@ -5,15 +5,23 @@ permutes seed labels: the spectra of conditions A and B are pooled and
 re-split into groups of the original sizes, and the statistic
 mean(W between groups) - mean(W within groups) is recomputed for every split
 (exactly when the splits are few, else for a seeded random sample).
+The p-values of the pairs of one experiment are corrected for multiple
+comparisons (Holm by default) before the verdict. A Mann-Whitney U test of
+between- against within-distances is reported beside it as a cross-check; it
+treats the distances as independent (they are not: each seed enters many), so
+it is too liberal to decide anything.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+from scipy.stats import mannwhitneyu
+
+CORRECTIONS = ("holm", "bonferroni", "none")
 
 
 @dataclass
@@ -24,8 +32,15 @@ class Verdict:
     n_within: int
     w_within_mean: float
     w_within_sd: float
-    p_value: float
+    p_value: float  # permutation p of this pair alone
     verdict: str
+    ratio: float = float("nan")  # effect size: mean W between / mean W within
+    p_min: float = float("nan")  # smallest p the permutation test can give
+    correction: str = "none"
+    p_corrected: float = float("nan")  # p_value after the correction across pairs
+    p_min_corrected: float = float("nan")  # p_min, corrected as p_value would be
+    mw_u: float = float("nan")  # Mann-Whitney U of between vs within W
+    mw_p: float = float("nan")  # its one-sided p (between > within)
 
 
 def _split_stat(w: np.ndarray, in_a: np.ndarray) -> float:
@@ -57,6 +72,7 @@ def permutation_p(
 
     `w` is the W matrix of the pooled spectra, A's first. Exact enumeration
     counts the observed split itself; the random version uses (1 + k)/(1 + R).
+    Ties with the observed statistic count as at least as extreme.
     """
     n = w.shape[0]
     observed = np.arange(n) < n_a
@@ -72,6 +88,44 @@ def permutation_p(
     return (1 + hits) / (1 + len(stats)), 1 / (1 + len(stats))
 
 
+def mann_whitney(between: np.ndarray, within: np.ndarray) -> tuple[float, float]:
+    """U statistic and one-sided p of 'between W tend to exceed within W'; NaN if one is empty.
+
+    U / (n_between * n_within) is the probability that a between-distance
+    exceeds a within-distance (ties count one half). All values tied gives p = 1.
+    """
+    if between.size == 0 or within.size == 0:
+        return float("nan"), float("nan")
+    if np.ptp(np.concatenate([between, within])) == 0:
+        return between.size * within.size / 2, 1.0
+    res = mannwhitneyu(between, within, alternative="greater")
+    return float(res.statistic), float(res.pvalue)
+
+
+def adjust(p: list[float] | np.ndarray, correction: str) -> np.ndarray:
+    """p-values corrected for the family of tests; NaN entries (no test) are not counted.
+
+    holm: step-down, p_(i) -> max over j <= i of (m - j + 1) p_(j), capped at 1;
+    bonferroni: m p, capped at 1; none: unchanged. Both control the
+    family-wise error rate at alpha; Holm is uniformly more powerful.
+    """
+    if correction not in CORRECTIONS:
+        raise ValueError(f"unknown correction {correction!r}; expected one of {CORRECTIONS}")
+    p = np.asarray(p, dtype=float)
+    out = p.copy()
+    tested = np.flatnonzero(~np.isnan(p))
+    m = tested.size
+    if m == 0 or correction == "none":
+        return out
+    if correction == "bonferroni":
+        out[tested] = np.minimum(1.0, m * p[tested])
+        return out
+    order = tested[np.argsort(p[tested], kind="stable")]
+    steps = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    out[order] = np.minimum(1.0, steps)
+    return out
+
+
 def decide(p: float, p_min: float, ratio: float, alpha: float, max_ratio: float) -> str:
     """Conjugate when W between is comparable to W within; not when clearly above.
 
@@ -81,7 +135,7 @@ def decide(p: float, p_min: float, ratio: float, alpha: float, max_ratio: float)
     needs no significant difference, a ratio within the margin, and a test
     that could have rejected (smallest attainable p < alpha). Anything else
     (significant but small, large but not significant, too few seeds) is
-    inconclusive.
+    inconclusive. With a correction, p and p_min are the corrected values.
     """
     if p < alpha and ratio > max_ratio:
         return "not conjugate"
@@ -90,10 +144,17 @@ def decide(p: float, p_min: float, ratio: float, alpha: float, max_ratio: float)
     return "inconclusive"
 
 
+def ratio_of_means(between: float, within: float) -> float:
+    """mean W between / mean W within; 1 when both are 0 (identical spectra), inf if only within."""
+    if within == 0:
+        return 1.0 if between == 0 else math.inf
+    return between / within
+
+
 def verdict(
     w: np.ndarray, n_a: int, alpha: float, max_ratio: float, permutations: int = 9999
 ) -> Verdict:
-    """Summaries and verdict for conditions A (first n_a spectra) and B (the rest)."""
+    """Summaries and verdict for conditions A (first n_a spectra) and B (the rest), uncorrected."""
     n = w.shape[0]
     n_b = n - n_a
     in_a = np.arange(n) < n_a
@@ -101,21 +162,67 @@ def verdict(
     same = in_a[iu[0]] == in_a[iu[1]]
     between, within = w[iu][~same], w[iu][same]
 
-    def sd(x: np.ndarray) -> float:
-        return float(x.std(ddof=1)) if x.size > 1 else float("nan")
+    def mean(x: np.ndarray) -> float:
+        return float(x.mean(dtype=np.float64)) if x.size else float("nan")
 
+    def sd(x: np.ndarray) -> float:
+        return float(x.std(ddof=1, dtype=np.float64)) if x.size > 1 else float("nan")
+
+    ratio = ratio_of_means(mean(between), mean(within))
     if n_a < 2 or n_b < 2:
-        p, call = float("nan"), "inconclusive"
+        p, p_min, call = float("nan"), float("nan"), "inconclusive"
     else:
         p, p_min = permutation_p(w, n_a, permutations)
-        call = decide(p, p_min, between.mean() / within.mean(), alpha, max_ratio)
+        call = decide(p, p_min, ratio, alpha, max_ratio)
+    mw_u, mw_p = mann_whitney(between, within)
     return Verdict(
         n_between=int(between.size),
-        w_between_mean=float(between.mean()) if between.size else float("nan"),
+        w_between_mean=mean(between),
         w_between_sd=sd(between),
         n_within=int(within.size),
-        w_within_mean=float(within.mean()) if within.size else float("nan"),
+        w_within_mean=mean(within),
         w_within_sd=sd(within),
         p_value=p,
         verdict=call,
+        ratio=ratio,
+        p_min=p_min,
+        correction="none",
+        p_corrected=p,
+        p_min_corrected=p_min,
+        mw_u=mw_u,
+        mw_p=mw_p,
     )
+
+
+def corrected(
+    verdicts: list[Verdict], alpha: float, max_ratio: float, correction: str = "holm"
+) -> list[Verdict]:
+    """The verdicts of one experiment's pairs, decided on p-values corrected across them.
+
+    A pair's smallest attainable corrected p is its p_min put in place of its
+    p among the family's observed p-values: "conjugate" needs that below
+    alpha, i.e. a test that could have rejected even after the correction.
+    Pairs without a test (fewer than 2 seeds on a side) stay inconclusive and
+    are not counted in the family.
+    """
+    p = np.array([v.p_value for v in verdicts], dtype=float)
+    p_adj = adjust(p, correction)
+    out = []
+    for i, v in enumerate(verdicts):
+        if np.isnan(p[i]):
+            out.append(replace(v, correction=correction, verdict="inconclusive"))
+            continue
+        best = p.copy()
+        best[i] = v.p_min
+        p_min_adj = float(adjust(best, correction)[i])
+        call = decide(float(p_adj[i]), p_min_adj, v.ratio, alpha, max_ratio)
+        out.append(
+            replace(
+                v,
+                correction=correction,
+                p_corrected=float(p_adj[i]),
+                p_min_corrected=p_min_adj,
+                verdict=call,
+            )
+        )
+    return out

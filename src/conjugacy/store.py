@@ -139,7 +139,8 @@ class TrajectoryWriter:
 
 def seal(group: zarr.Group, status: str, **extra: Any) -> None:
     """Write the integrity attribute (chunks per variable) and the status, last."""
-    integrity = {name: int(arr.nchunks_initialized) for name, arr in group.arrays()}
+    arrays = sorted(group.arrays(), key=lambda item: item[0])  # listing order varies
+    integrity = {name: int(arr.nchunks_initialized) for name, arr in arrays}
     group.attrs.update({**extra, "integrity": integrity, "status": status})
 
 

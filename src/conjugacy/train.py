@@ -35,7 +35,7 @@ STATE = "state.pkl"
 
 def make_system(cond: dict[str, Any], seed: int):
     """The batched system of a condition: a toy optimizer or a stack of nets."""
-    if cond["system"] == "fcn":
+    if cond["system"] in ("fcn", "mlp", "cnn", "transformer"):
         # cuBLAS is deterministic only with a fixed workspace; set before CUDA starts.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         import torch
@@ -50,6 +50,18 @@ def make_system(cond: dict[str, Any], seed: int):
         torch.use_deterministic_algorithms(True)
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+        if cond["system"] == "cnn":
+            from conjugacy.systems.cnn import CNN
+
+            return CNN(cond, seed, device=cond["device"]), "float32"
+        if cond["system"] == "transformer":
+            from conjugacy.systems.transformer import Transformer
+
+            return Transformer(cond, seed, device=cond["device"]), "float32"
+        if cond["system"] == "mlp":
+            from conjugacy.systems.mlp import MLP
+
+            return MLP(cond, seed, device=cond["device"]), "float32"
         return FCN(cond, seed, device=cond["device"]), "float32"
     from conjugacy.systems.toys import Toy
 
@@ -93,6 +105,24 @@ def first_bad(loss: np.ndarray, snapshot: dict[str, np.ndarray] | None) -> str |
         if not np.isfinite(values).all():
             return f"non-finite {name}"
     return None
+
+
+def _run(system, recorder, start, total, every, ckpt, progress, work, key, condition, seed):
+    """The training loop: step, record, stop at divergence, checkpoint every `ckpt` updates."""
+    for t in tqdm(range(start, total + 1), disable=not progress, mininterval=2.0, desc="train"):
+        snap = system.snapshot() if t % every == 0 else None
+        loss = system.step() if t < total else system.loss()
+        if snap is not None:
+            recorder.record(snap, loss)
+        reason = first_bad(loss, snap)
+        if reason is not None:
+            log.warning("%s seed %d diverged at step %d: %s", condition, seed, t, reason)
+            recorder.close("diverged", diverged_step=t, diverged_reason=reason)
+            return
+        if ckpt and t < total and (t + 1) % ckpt == 0:
+            recorder.flush()
+            save_checkpoint(work, key, t + 1, system)
+    recorder.close()
 
 
 def train(
@@ -141,22 +171,10 @@ def train(
     )
     every, total, ckpt = cond["record_every"], cond["steps"], cond["checkpoint_every"]
     log.info("training %s seed %d: %d inits, %d steps", condition, seed, system.inits, total)
-    for t in tqdm(range(start, total + 1), disable=not progress, mininterval=2.0, desc="train"):
-        snap = system.snapshot() if t % every == 0 else None
-        loss = system.step() if t < total else system.loss()
-        if snap is not None:
-            recorder.record(snap, loss)
-        reason = first_bad(loss, snap)
-        if reason is not None:
-            log.warning("%s seed %d diverged at step %d: %s", condition, seed, t, reason)
-            recorder.flush()
-            writer.close("diverged", diverged_step=t, diverged_reason=reason)
-            break
-        if ckpt and t < total and (t + 1) % ckpt == 0:
-            recorder.flush()
-            save_checkpoint(work, key, t + 1, system)
-    else:
-        recorder.close()
+    try:
+        _run(system, recorder, start, total, every, ckpt, progress, work, key, condition, seed)
+    finally:
+        recorder.stop()  # a failed step must not leave the writer thread waiting
     if out.exists():
         shutil.rmtree(out)
     os.replace(work / STORE, out)

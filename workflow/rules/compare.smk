@@ -12,6 +12,8 @@ rule compare:
         ),
     log:
         f"{RESULTS}/logs/compare.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/compare.tsv"
     conda:
         ENV
     threads: 1

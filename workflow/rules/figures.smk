@@ -26,8 +26,15 @@ rule figures:
             caption="../report/loss.rst",
             category="Figures",
         ),
+        # save() writes a PDF beside every PNG, for papers.
+        pdfs=[
+            f"{RESULTS}/figures/{name}.pdf"
+            for name in ("spectra", "distances", "w_distributions", "loss")
+        ],
     log:
         f"{RESULTS}/logs/figures.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/figures.tsv"
     conda:
         ENV
     threads: 1

@@ -14,11 +14,11 @@ rule koopman:
         ENV
     threads: 1
     resources:
-        gpu=0,
+        gpu=koopman_gpus,
         mem_mb=koopman_mem_mb,
     params:
         options=koopman_args,
         code=stage_code("koopman"),
     shell:
-        CONJUGACY
+        CONJUGACY_ON_GPUS
         + " koopman {input} -o {output} {params.options} --skip-diverged 2> {log}"

@@ -14,8 +14,29 @@ from typing import Any
 import numpy as np
 import torch
 
-from conjugacy.systems.data import load_dataset
+from conjugacy.systems.data import load_dataset, split_holdout
 from conjugacy.systems.shapes import tensor_shapes
+
+
+def stack_inits(
+    base: dict[str, torch.Tensor],
+    inits: int,
+    eps: float,
+    gen: torch.Generator,
+    device: torch.device,
+) -> dict[str, torch.Tensor]:
+    """The inits of one seed (METHOD.md): init 0 the base, the others base * (1 + eps U(-1,1)).
+
+    Noise is drawn tensor by tensor in `base` order from `gen`, so every system
+    that stacks its inits here perturbs them the same way.
+    """
+    params = {}
+    for name, tensor in base.items():
+        stacked = tensor.expand(inits, *tensor.shape).clone()
+        noise = 2 * torch.rand(stacked[1:].shape, generator=gen, dtype=torch.float32) - 1
+        stacked[1:] *= 1 + eps * noise
+        params[name] = stacked.to(device).requires_grad_(True)
+    return params
 
 
 def base_init(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -43,15 +64,11 @@ class FCN:
         gen = torch.Generator().manual_seed(seed)
         base = base_init(shapes, gen)
         eps = cond["init_perturbation"]
-        self.params: dict[str, torch.Tensor] = {}
-        for name, tensor in base.items():
-            stacked = tensor.expand(self.inits, *tensor.shape).clone()
-            noise = 2 * torch.rand(stacked[1:].shape, generator=gen, dtype=torch.float32) - 1
-            stacked[1:] *= 1 + eps * noise
-            self.params[name] = stacked.to(self.device).requires_grad_(True)
+        self.params = stack_inits(base, self.inits, eps, gen, self.device)
         opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cond["optimizer"]]
         self.optimizer = opt_cls(list(self.params.values()), lr=cond["lr"])
         x, y = load_dataset(cond["dataset"], cond.get("data_dir"))
+        (x, y), _ = split_holdout(x, y, cond.get("holdout"))  # train on the rest
         self.x = torch.from_numpy(x).to(self.device)
         self.y = torch.from_numpy(y).to(self.device)
         self.rng = np.random.default_rng([seed, 1])

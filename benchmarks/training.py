@@ -1,0 +1,195 @@
+"""Training throughput and recording overhead, side by side in one run.
+
+1. Steps/s of the batched FCN (systems/fcn.py: the 10 inits of a seed as one
+   computation) against a plain per-model loop over the same 10 models
+   (ordinary nn.Module + torch.optim.SGD each, the same mini-batches), at the
+   fcn_width experiment's sizes: 64 -> h -> 10, no bias, batch 60, SGD lr 0.1.
+   The loop's weights are checked against the batched ones after the run.
+2. Recording overhead: `conjugacy.train.train` of a 1000-step h=40 condition
+   recording fc2.weight every step (background writer, and the synchronous
+   writer for comparison) against the same 1000 updates with no recording.
+
+Medians of interleaved repeats. Prints Markdown tables.
+
+    python benchmarks/training.py [--steps 1000] [--throughput-steps 300] [--repeats 3]
+        [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from unittest import mock
+
+import torch
+
+from conjugacy.config import load
+from conjugacy.recorder import Recorder
+from conjugacy.train import make_system, train
+
+CONFIG = Path(__file__).resolve().parents[1] / "config" / "experiments" / "fcn_width.yaml"
+WIDTHS = (5, 10, 40)
+
+
+def condition(hidden: int, steps: int, device: str) -> dict:
+    cond = dict(load(CONFIG)["conditions"][f"fcn_h{hidden}"])
+    return {**cond, "steps": steps, "device": device}
+
+
+def clock() -> tuple[float, float]:
+    """(wall, CPU of this process) seconds: CPU depends less on what else runs here."""
+    return time.perf_counter(), time.process_time()
+
+
+def since(start: tuple[float, float]) -> tuple[float, float]:
+    wall, cpu = clock()
+    return wall - start[0], cpu - start[1]
+
+
+def batched(cond: dict, steps: int) -> tuple[tuple[float, float], object]:
+    """(wall, CPU) seconds for `steps` updates of the batched system (after 5 warm-up steps)."""
+    system, _ = make_system(cond, seed=0)
+    for _ in range(5):
+        system.step()
+    sync(cond)
+    start = clock()
+    for _ in range(steps):
+        system.step()
+    sync(cond)
+    return since(start), system
+
+
+def per_model(cond: dict, steps: int) -> tuple[tuple[float, float], list, object]:
+    """The same models and batches, each an nn.Module with its own torch.optim.SGD."""
+    system, _ = make_system(cond, seed=0)  # its initial weights and its batch sequence
+    bias = cond["bias"]
+    models, optims = [], []
+    for i in range(system.inits):
+        d_in, h = system.params["fc1.weight"].shape[2], system.params["fc1.weight"].shape[1]
+        net = torch.nn.Sequential(
+            torch.nn.Linear(d_in, h, bias=bias),
+            torch.nn.ReLU(),
+            torch.nn.Linear(h, system.params["fc2.weight"].shape[1], bias=bias),
+        ).to(system.device)
+        with torch.no_grad():
+            for layer, name in ((net[0], "fc1"), (net[2], "fc2")):
+                layer.weight.copy_(system.params[f"{name}.weight"][i])
+                if bias:
+                    layer.bias.copy_(system.params[f"{name}.bias"][i])
+        models.append(net)
+        optims.append(torch.optim.SGD(net.parameters(), lr=cond["lr"]))
+
+    def step() -> None:
+        x, y = system._next_batch()
+        for net, opt in zip(models, optims, strict=True):
+            loss = torch.nn.functional.cross_entropy(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    for _ in range(5):
+        step()
+    sync(cond)
+    start = clock()
+    for _ in range(steps):
+        step()
+    sync(cond)
+    return since(start), models, system
+
+
+def sync(cond: dict) -> None:
+    if cond["device"] == "cuda":
+        torch.cuda.synchronize()
+
+
+def max_weight_gap(system, models: list[torch.nn.Module]) -> float:
+    """Largest relative difference of fc2.weight between the batched and the loop's models."""
+    got = torch.stack([m[2].weight.detach() for m in models])
+    ref = system.params["fc2.weight"].detach()
+    return float((got - ref).abs().max() / ref.abs().max())
+
+
+def throughput(steps: int, repeats: int, device: str) -> str:
+    rows = [
+        "| h | batched steps/s | per-model loop steps/s | speed-up | speed-up in CPU time "
+        "| max rel. weight gap |",
+        "|---|---|---|---|---|---|",
+    ]
+    for h in WIDTHS:
+        cond = condition(h, steps, device)
+        t_b, t_l, gap = [], [], 0.0
+        for _ in range(repeats):
+            seconds, system = batched(cond, steps)
+            t_b.append(seconds)
+            seconds, models, _ = per_model(cond, steps)
+            t_l.append(seconds)
+            gap = max(gap, max_weight_gap(system, models))
+        b, loop = (
+            steps / statistics.median(t[0] for t in t_b),
+            steps / statistics.median(t[0] for t in t_l),
+        )
+        cpu = statistics.median(t[1] for t in t_l) / statistics.median(t[1] for t in t_b)
+        rows.append(f"| {h} | {b:.0f} | {loop:.0f} | {b / loop:.1f}x | {cpu:.1f}x | {gap:.1e} |")
+    return "\n".join(rows)
+
+
+def plain(cond: dict) -> tuple[float, float]:
+    """`steps` updates and the final loss, as train() does, without recording."""
+    start = clock()
+    system, _ = make_system(cond, seed=0)
+    for _ in range(cond["steps"]):
+        system.step()
+    system.loss()
+    return since(start)
+
+
+def recorded(cond: dict, tmp: Path, background: bool) -> tuple[float, float]:
+    """train() end to end (store created, every step recorded, sealed, moved)."""
+    rec = functools.partial(Recorder, background=background)
+    start = clock()
+    with mock.patch("conjugacy.train.Recorder", rec):
+        train(cond, 0, tmp / "t.zarr", progress=False, checkpoint_dir=tmp / "work")
+    return since(start)
+
+
+def overhead(steps: int, repeats: int, device: str) -> str:
+    cond = {**condition(40, steps, device), "record_every": 1, "checkpoint_every": 0}
+    times: dict[str, list[tuple[float, float]]] = {"off": [], "background": [], "synchronous": []}
+    with tempfile.TemporaryDirectory(prefix="conjugacy-bench-") as tmp:
+        for _ in range(repeats):
+            times["off"].append(plain(cond))
+            times["background"].append(recorded(cond, Path(tmp), True))
+            times["synchronous"].append(recorded(cond, Path(tmp), False))
+    med = {k: [statistics.median(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
+    rows = ["| recording | wall s | overhead | CPU s | CPU overhead |", "|---|---|---|---|---|"]
+    off = med["off"]
+    for k, (wall, cpu) in med.items():
+        rows.append(
+            f"| {k} | {wall:.2f} | {100 * (wall / off[0] - 1):+.1f}% | {cpu:.2f} "
+            f"| {100 * (cpu / off[1] - 1):+.1f}% |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1000, help="of the recording run")
+    ap.add_argument("--throughput-steps", type=int, default=300, help="timed per measurement")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")
+    print(throughput(args.throughput_steps, args.repeats, args.device), flush=True)
+    print()
+    print(overhead(args.steps, args.repeats, args.device))
+
+
+if __name__ == "__main__":
+    main()

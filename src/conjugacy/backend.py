@@ -1,0 +1,108 @@
+"""Where the one-pass accumulation runs: numpy (BLAS on the CPU) or torch on a device.
+
+Only the accumulation of the small float64 matrix moves to the device; the
+eigen-decompositions after it are of matrices of side at most T and run in
+numpy. Both backends sum the same float64 products block by block, so their
+eigenvalues agree to rounding (tested through torch on the CPU, since CI has
+no GPU). TF32 is never used: the accumulation is float64 throughout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.linalg.blas as blas
+
+from conjugacy.config import ConfigError
+
+DEVICES = ("cpu", "cuda", "torch-cpu")
+
+
+class NumpyBackend:
+    """float64 accumulation with BLAS in place: no product-sized temporaries."""
+
+    name = "cpu"
+
+    def zeros(self, shape: tuple[int, int]) -> np.ndarray:
+        return np.zeros(shape, dtype=np.float64)
+
+    def add_gram(self, acc: np.ndarray, block: np.ndarray) -> None:
+        """acc += block @ block.T (lower triangle only; `finish_gram` mirrors it).
+
+        dsyrk on the transposed (Fortran-ordered) views writes into acc itself
+        and does half the flops of a general product.
+        """
+        b = np.ascontiguousarray(block, dtype=np.float64)
+        out = blas.dsyrk(1.0, b.T, beta=1.0, c=acc.T, trans=1, lower=0, overwrite_c=1)
+        if not np.shares_memory(out, acc):  # never expected; keep the result right anyway
+            acc[...] = out.T
+
+    def add_product(self, acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        """acc += a.T @ b (covariance-type accumulation over rows of snapshot pairs)."""
+        acc += a.T @ b
+
+    def finish_gram(self, acc: Any) -> np.ndarray:
+        """The accumulated Gram as a symmetric numpy array (lower triangle mirrored)."""
+        upper = np.triu_indices(acc.shape[0], 1)
+        acc[upper] = acc.T[upper]
+        return acc
+
+    def numpy(self, acc: Any) -> np.ndarray:
+        return acc
+
+
+class TorchBackend:
+    """The same accumulation with torch in float64 on `device` ("cuda", or "cpu" for tests)."""
+
+    def __init__(self, device: str) -> None:
+        import torch
+
+        self.torch = torch
+        self.device = torch.device(device)
+        self.name = f"torch-{self.device.type}"
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+    def _to(self, block: np.ndarray):
+        return self.torch.from_numpy(np.ascontiguousarray(block, dtype=np.float64)).to(
+            self.device, non_blocking=False
+        )
+
+    def zeros(self, shape: tuple[int, int]):
+        return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)
+
+    def add_gram(self, acc, block: np.ndarray) -> None:
+        b = self._to(block)
+        acc.addmm_(b, b.T)
+
+    def add_product(self, acc, a: np.ndarray, b: np.ndarray) -> None:
+        acc.addmm_(self._to(a).T, self._to(b))
+
+    def finish_gram(self, acc) -> np.ndarray:
+        return self.numpy(acc)
+
+    def numpy(self, acc) -> np.ndarray:
+        return acc.cpu().numpy()
+
+
+def backend(device: str = "cpu", label: str = "option --device") -> NumpyBackend | TorchBackend:
+    """The backend of a device name: "cpu" (numpy), "cuda" (torch), "torch-cpu" (torch, tests).
+
+    "cuda" without a usable GPU is a ConfigError naming the option, raised
+    before any data is read.
+    """
+    if device == "cpu":
+        return NumpyBackend()
+    if device == "torch-cpu":
+        return TorchBackend("cpu")
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{label}: device cuda, but torch sees no CUDA GPU "
+                f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); expected cpu"
+            )
+        return TorchBackend("cuda")
+    raise ConfigError(f"{label}: unknown device {device!r}; expected one of {list(DEVICES)}")

@@ -1,0 +1,201 @@
+"""Spectral convergence monitor: linear systems with known eigenvalues and a known switch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conjugacy import config
+from conjugacy.cli import main
+from conjugacy.monitor import (
+    MonitorOptions,
+    fcn_metrics,
+    first_run,
+    plateau_step,
+    run,
+    summary,
+    window_metrics,
+)
+from conjugacy.store import TrajectoryWriter, open_store
+
+D = 4
+
+
+def block_matrix(blocks: list[tuple[float, float]], rng: np.random.Generator) -> np.ndarray:
+    """Real D x D matrix with eigenvalues r e^{+-i theta} per (r, theta) block (theta 0: one r).
+
+    Conjugated by a random orthogonal matrix, so no coordinate is special.
+    """
+    b = np.zeros((D, D))
+    i = 0
+    for r, theta in blocks:
+        if theta == 0:
+            b[i, i] = r
+            i += 1
+        else:
+            c, s = r * np.cos(theta), r * np.sin(theta)
+            b[i : i + 2, i : i + 2] = [[c, -s], [s, c]]
+            i += 2
+    q, _ = np.linalg.qr(rng.standard_normal((D, D)))
+    return q @ b @ q.T
+
+
+def simulate(matrices: list[tuple[int, np.ndarray]], steps: int, inits: int = 3) -> np.ndarray:
+    """(inits, steps + 1, D): x_{t+1} = A x_t, A the last matrix whose start step is <= t."""
+    rng = np.random.default_rng(1)
+    x = np.empty((inits, steps + 1, D))
+    x[:, 0] = rng.standard_normal((inits, D))
+    for t in range(steps):
+        a = [m for start, m in matrices if start <= t][-1]
+        x[:, t + 1] = x[:, t] @ a.T
+    return x
+
+
+def store(path, x: np.ndarray):
+    inits, n, _ = x.shape
+    w = TrajectoryWriter(path, {"x": (D,)}, list(range(n)), inits, "float64", {"condition": "lin"})
+    w.write(0, {"x": x}, np.ones((inits, n)))
+    w.close()
+    return path
+
+
+OPTS = dict(window=20, stride=10, rank="full", leading=3, radius=0.05, consecutive=2)
+
+
+def test_window_metrics_hand_computed():
+    m = window_metrics(np.array([0.5, 1.0 + 0.02j, 1.0 - 0.02j, 0.97]), leading=3, radius=0.025)
+    assert m["leading_distance"] == pytest.approx(0.03)  # |0.97 - 1| among the 3 largest
+    assert m["spectral_radius"] == pytest.approx(abs(1.0 + 0.02j))
+    assert m["near_one"] == 2
+
+
+def test_first_run_and_plateau():
+    assert first_run(np.array([0, 1, 1, 0, 1, 1, 1], bool), 3) == 6
+    assert first_run(np.array([1, 0, 1], bool), 2) == -1
+    steps = np.arange(10)
+    loss = np.array([5, 4, 3, 2.5, 2.5, 2.49999, 2.5, 2.5, 2.5, 2.5])
+    assert plateau_step(steps, loss, patience=3, min_delta=1e-3) == 3
+    assert plateau_step(steps, np.linspace(5, 1, 10), patience=3, min_delta=1e-3) == -1
+
+
+def test_contracting_system_converges_at_the_expected_window(tmp_path):
+    rng = np.random.default_rng(0)
+    a = block_matrix([(0.995, 0.01), (0.99, 0), (0.98, 0)], rng)
+    path = store(tmp_path / "c.zarr", simulate([(0, a)], 100))
+    result = run(path, tmp_path / "m.zarr", MonitorOptions(**OPTS))
+    ev = result.eigenvalues.values[0]
+    expected = [0.995 * np.exp(0.01j), 0.995 * np.exp(-0.01j), 0.99, 0.98]
+    assert np.sort_complex(ev[~np.isnan(ev)]) == pytest.approx(np.sort_complex(expected), abs=1e-9)
+    assert result.clustered.values.all() and not result.unstable.values.any()
+    # two windows in a row: flagged at the end of the second window, snapshot 10 + 19
+    assert result.attrs["converged_step"] == 29
+    assert result.attrs["first_unstable_step"] == -1
+    assert result.spectral_radius.values == pytest.approx(0.995, abs=1e-9)
+
+
+def test_expanding_system_is_flagged_unstable(tmp_path):
+    rng = np.random.default_rng(0)
+    a = block_matrix([(1.1, 0.3), (0.9, 0), (0.5, 0)], rng)
+    path = store(tmp_path / "e.zarr", simulate([(0, a)], 60))
+    result = run(path, tmp_path / "m.zarr", MonitorOptions(**OPTS))
+    assert result.unstable.values.all()
+    assert result.attrs["first_unstable_step"] == 19  # the end of the first window
+    assert result.attrs["converged_step"] == -1
+    assert result.spectral_radius.values == pytest.approx(1.1, abs=1e-8)
+
+
+def test_switch_point_is_found(tmp_path):
+    """Rotations far from 1 until step 60, then slow contraction: flagged at 60 + 10 + 19."""
+    rng = np.random.default_rng(2)
+    fast = block_matrix([(1.0, np.pi / 3), (0.99, 2 * np.pi / 3)], rng)
+    slow = block_matrix([(0.995, 0.01), (0.99, 0), (0.98, 0)], rng)
+    path = store(tmp_path / "s.zarr", simulate([(0, fast), (60, slow)], 150))
+    result = run(path, tmp_path / "m.zarr", MonitorOptions(**OPTS))
+    starts = result.window_start.values
+    clustered = result.clustered.values
+    assert not clustered[starts + 20 <= 60].any()  # windows wholly before the switch
+    assert clustered[starts >= 60].all()  # windows wholly after it
+    assert result.attrs["converged_step"] == 89
+    assert result.near_one.values[starts >= 60] == pytest.approx(4)
+    table = summary([tmp_path / "m.zarr"])
+    assert table.converged_step.tolist() == [89]
+
+
+def test_fcn_metrics_match_torch():
+    rng = np.random.default_rng(0)
+    params = {
+        "fc1.weight": rng.standard_normal((2, 5, 6)),
+        "fc1.bias": rng.standard_normal((2, 5)),
+        "fc2.weight": rng.standard_normal((2, 3, 5)),
+        "fc2.bias": rng.standard_normal((2, 3)),
+    }
+    x, y = rng.standard_normal((7, 6)), rng.integers(0, 3, 7)
+    loss, acc = fcn_metrics(params, x, y)
+    for i in range(2):
+        t = {k: torch.from_numpy(v[i]) for k, v in params.items()}
+        h = torch.relu(torch.from_numpy(x) @ t["fc1.weight"].T + t["fc1.bias"])
+        logits = h @ t["fc2.weight"].T + t["fc2.bias"]
+        ref = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
+        assert loss[i] == pytest.approx(float(ref), rel=1e-12)
+        assert acc[i] == pytest.approx(float((logits.argmax(1).numpy() == y).mean()))
+
+
+def net_config(**extra) -> dict:
+    cond = {
+        "system": "fcn",
+        "hidden": 4,
+        "steps": 60,
+        "inits": 2,
+        "batch_size": 30,
+        "record": ["fc1.weight", "fc2.weight"],
+        **extra,
+    }
+    return {"experiment": "t", "seeds": [0], "conditions": {"net": cond}}
+
+
+def test_monitor_of_a_trained_net_uses_held_out_loss(tmp_path):
+    from conjugacy.train import train
+
+    cfg = config.resolve(net_config(holdout=0.2))
+    traj = train(cfg["conditions"]["net"], 0, tmp_path / "t.zarr", "t", "net", progress=False)
+    out = tmp_path / "m.zarr"
+    argv = [str(traj), "-o", str(out), "--window", "20", "--stride", "20", "--rank", "5"]
+    assert main(["monitor", *argv]) == 0
+    ds = open_store(out, "monitor")
+    assert ds.attrs["loss_kind"] == "validation loss"
+    assert ds.sizes["window"] == 3 and ds.sizes["step"] == 61
+    loss = ds.loss.values.mean(axis=0)
+    assert np.isfinite(loss).all() and loss[-1] < loss[0]  # training lowers held-out loss
+    assert (
+        main(
+            [
+                "monitor-report",
+                str(out),
+                "-o",
+                str(tmp_path / "m.csv"),
+                "--figure",
+                str(tmp_path / "m.png"),
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "m.png").is_file() and (tmp_path / "m.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"conditions": ["nope"]}, "monitor.conditions.0: condition 'nope' is not defined"),
+        ({"conditions": ["net"], "window": 100}, "monitor.window: 100 snapshots, but 'net'"),
+        ({"conditions": ["net"], "window": 5, "delays": 4}, "monitor.window: 5 snapshots"),
+        ({"conditions": ["net"], "observables": ["fc9.weight"]}, "monitor.observables"),
+    ],
+)
+def test_bad_monitor_config(tmp_path, section, message):
+    raw = {**net_config(), "monitor": section}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(path)

@@ -1,0 +1,160 @@
+"""Koopman magnitude pruning: a linear system with a known fixed point, masks, overlaps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import yaml
+
+from conjugacy import config
+from conjugacy.cli import main
+from conjugacy.prune import (
+    PruneOptions,
+    check_sparsities,
+    jaccard,
+    koopman_fixed_point,
+    magnitude_mask,
+    run,
+    table,
+)
+from conjugacy.store import open_store
+
+
+def converging(d: int = 40, steps: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """x_t = x* + sum_i c_i lambda_i^t v_i (a linear system converging to x*): (x, x*)."""
+    rng = np.random.default_rng(0)
+    fixed = rng.standard_normal(d) * np.linspace(0.1, 3, d)  # distinct magnitudes
+    lam = np.array([0.9, 0.7, 0.5 + 0.3j, 0.5 - 0.3j])
+    v = rng.standard_normal((d, 3))
+    modes = np.column_stack([v[:, 0], v[:, 1], v[:, 2] + 1j * rng.standard_normal(d)])
+    modes = np.column_stack([modes, modes[:, 2].conj()])
+    t = np.arange(steps)[:, None]
+    x = fixed + ((lam[None, :] ** t) @ modes.T).real
+    return x, fixed
+
+
+@pytest.mark.parametrize("rank", ["full", 5])
+def test_koopman_prediction_is_the_fixed_point(rank):
+    x, fixed = converging()
+    predicted, eigenvalue = koopman_fixed_point(x, rank)
+    assert eigenvalue == pytest.approx(1.0, abs=1e-9)
+    assert predicted == pytest.approx(fixed, abs=1e-8)
+    for s in (0.25, 0.5, 0.9):
+        assert (magnitude_mask(predicted, s) == magnitude_mask(fixed, s)).all()
+    # the last snapshot is still far from the fixed point, and its masks differ
+    assert not np.allclose(x[-1], fixed, atol=1e-3)
+
+
+def test_magnitude_mask_by_hand():
+    keep = magnitude_mask(np.array([3.0, -1.0, 2.0, 0.5]), 0.5)
+    assert keep.tolist() == [True, False, True, False]
+    both = magnitude_mask(np.array([[1.0, -4.0, 2.0], [0.0, 0.0, 5.0]]), 1 / 3)
+    assert both.tolist() == [[False, True, True], [False, True, True]]  # ties: first goes
+    assert magnitude_mask(np.arange(10.0), 0.7).sum() == 3
+
+
+def test_jaccard_by_hand():
+    a = np.array([1, 1, 0, 0], bool)
+    b = np.array([1, 0, 1, 0], bool)
+    assert jaccard(a, b) == pytest.approx(1 / 3)
+    assert jaccard(a, a) == 1.0
+    assert jaccard(np.zeros(3, bool), np.zeros(3, bool)) == 1.0
+    stacked = jaccard(np.stack([a, a]), np.stack([b, ~a]))
+    assert stacked.tolist() == pytest.approx([1 / 3, 0.0])
+
+
+@pytest.mark.parametrize(
+    ("sparsities", "message"),
+    [
+        ([], "expected at least one sparsity"),
+        ([0.5, 1.0], "1.0 is not a fraction in \\(0, 1\\)"),
+        ([0.0], "0.0 is not a fraction"),
+        ([0.5, 0.5], "\\[0.5, 0.5\\] repeats a value"),
+        (["a"], "'a' is not a fraction"),
+    ],
+)
+def test_bad_sparsities(sparsities, message):
+    with pytest.raises(config.ConfigError, match=f"option --sparsities: {message}"):
+        check_sparsities(sparsities)
+
+
+def net_config(**extra) -> dict:
+    cond = {
+        "system": "fcn",
+        "hidden": 4,
+        "steps": 60,
+        "inits": 2,
+        "batch_size": 30,
+        "record": ["fc1.weight", "fc2.weight"],
+        **extra,
+    }
+    return {"experiment": "t", "seeds": [0], "conditions": {"net": cond}}
+
+
+def load(tmp_path, raw: dict) -> dict:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return config.load(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "section", "message"),
+    [
+        ({}, {"conditions": ["net"], "sparsities": [0.5, 1.2]}, "prune.sparsities.1"),
+        ({}, {"conditions": ["net"], "sparsities": [0.5, 0.5]}, "prune.sparsities"),
+        ({}, {"conditions": ["x"]}, "prune.conditions.0: condition 'x' is not defined"),
+        ({"record": ["fc2.weight"]}, {"conditions": ["net"]}, "add \\['fc1.weight'\\]"),
+        ({}, {"conditions": ["net"], "window": [0, 200]}, "prune.window: stop 200 is past"),
+        ({}, {"conditions": ["net"], "window": [10, 12]}, "prune.window: \\[10, 12\\) holds 2"),
+    ],
+)
+def test_bad_prune_config(tmp_path, extra, section, message):
+    with pytest.raises(config.ConfigError, match=message):
+        load(tmp_path, {**net_config(**extra), "prune": section})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conjugacy.train import train
+
+    root = tmp_path_factory.mktemp("prune")
+    cfg = config.resolve(net_config(holdout=0.2))
+    return train(cfg["conditions"]["net"], 0, root / "t.zarr", "t", "net", progress=False)
+
+
+def test_prune_of_a_trained_net(trained, tmp_path):
+    opts = PruneOptions(window=(0, 30), rank=5, sparsities=[0.5, 0.9], finetune_steps=0)
+    ds = run(trained, tmp_path / "p.zarr", opts)
+    assert ds.attrs["evaluated_on"] == "validation"
+    acc = ds.accuracy.values
+    assert ((acc >= 0) & (acc <= 1)).all()
+    # no fine-tuning steps: after equals before
+    assert ds.accuracy.sel(phase="after").values == pytest.approx(ds.accuracy.sel(phase="before"))
+    # the final magnitude mask at a low sparsity barely hurts the trained net
+    final = ds.accuracy.sel(criterion="magnitude_final", sparsity=0.5, phase="before")
+    assert float(final.mean()) > ds.attrs["accuracy_final"] - 0.25
+    assert ((ds.jaccard.values > 0) & (ds.jaccard.values <= 1)).all()
+    assert np.isfinite(ds.prediction_error.values).all()
+    frame = table([tmp_path / "p.zarr"])
+    assert len(frame) == 3 * 2 and (frame.jaccard_koopman[frame.method == "koopman"] == 1).all()
+
+
+def test_prune_command_fine_tunes_and_reports(trained, tmp_path):
+    out = tmp_path / "p.zarr"
+    argv = ["prune", str(trained), "-o", str(out), "--window", "0:30", "--rank", "5"]
+    assert main([*argv, "--sparsities", "0.8", "--finetune-steps", "10"]) == 0
+    ds = open_store(out, "prune")
+    gain = ds.accuracy.sel(phase="after") - ds.accuracy.sel(phase="before")
+    assert float(gain.mean()) > 0  # fine-tuning recovers accuracy lost by pruning 80%
+    csv, png = tmp_path / "p.csv", tmp_path / "p.png"
+    assert main(["prune-report", str(out), "-o", str(csv), "--figure", str(png)]) == 0
+    assert png.is_file() and "jaccard_magnitude_final" in csv.read_text()
+
+
+def test_prune_command_refuses_bad_input(trained, tmp_path, capsys):
+    out = tmp_path / "p.zarr"
+    assert main(["prune", str(trained), "-o", str(out), "--sparsities", "0.5,1.5"]) == 2
+    assert "option --sparsities: 1.5 is not a fraction" in capsys.readouterr().err
+    assert main(["prune", str(trained), "-o", str(out), "--window", "0:500"]) == 2
+    assert "option --window" in capsys.readouterr().err
+    assert not out.exists()
