@@ -118,3 +118,17 @@ class StepCounter:
 
     def reset(self, stop_after: float = float("inf")) -> None:
         self.calls, self.stop_after = 0, stop_after
+
+
+def net_config(**extra) -> dict:
+    """A tiny FCN experiment recording every weight (prune and monitor tests)."""
+    cond = {
+        "system": "fcn",
+        "hidden": 4,
+        "steps": 60,
+        "inits": 2,
+        "batch_size": 30,
+        "record": ["fc1.weight", "fc2.weight"],
+        **extra,
+    }
+    return {"experiment": "t", "seeds": [0], "conditions": {"net": cond}}

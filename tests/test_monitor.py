@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import net_config
 
 from conjugacy import config
 from conjugacy.cli import main
@@ -140,19 +141,6 @@ def test_fcn_metrics_match_torch():
         ref = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
         assert loss[i] == pytest.approx(float(ref), rel=1e-12)
         assert acc[i] == pytest.approx(float((logits.argmax(1).numpy() == y).mean()))
-
-
-def net_config(**extra) -> dict:
-    cond = {
-        "system": "fcn",
-        "hidden": 4,
-        "steps": 60,
-        "inits": 2,
-        "batch_size": 30,
-        "record": ["fc1.weight", "fc2.weight"],
-        **extra,
-    }
-    return {"experiment": "t", "seeds": [0], "conditions": {"net": cond}}
 
 
 def test_monitor_of_a_trained_net_uses_held_out_loss(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import yaml
+from conftest import net_config
 
 from conjugacy import config
 from conjugacy.cli import main
@@ -76,19 +77,6 @@ def test_jaccard_by_hand():
 def test_bad_sparsities(sparsities, message):
     with pytest.raises(config.ConfigError, match=f"option --sparsities: {message}"):
         check_sparsities(sparsities)
-
-
-def net_config(**extra) -> dict:
-    cond = {
-        "system": "fcn",
-        "hidden": 4,
-        "steps": 60,
-        "inits": 2,
-        "batch_size": 30,
-        "record": ["fc1.weight", "fc2.weight"],
-        **extra,
-    }
-    return {"experiment": "t", "seeds": [0], "conditions": {"net": cond}}
 
 
 def load(tmp_path, raw: dict) -> dict:

@@ -207,9 +207,11 @@ class Evaluator:
     def __init__(self, system: Any) -> None:
         import torch
 
+        from conjugacy.systems.fcn import two_layer
         from conjugacy.systems.mlp import MLP
 
         self.torch = torch
+        self.forward = two_layer
         self.system = system
         self.regression = isinstance(system, MLP)
         self.score_name = "r2" if self.regression else "accuracy"
@@ -229,12 +231,7 @@ class Evaluator:
                 mse = ((sysm.outputs(p, x) - y) ** 2).double().mean(dim=1)
                 score = 1 - mse / y.double().var(unbiased=False)
                 return mse.cpu().numpy(), score.cpu().numpy()
-            hidden = torch.einsum("bi,nhi->nbh", x, p["fc1.weight"])
-            if "fc1.bias" in p:
-                hidden = hidden + p["fc1.bias"][:, None, :]
-            logits = torch.einsum("nbh,noh->nbo", torch.relu(hidden), p["fc2.weight"])
-            if "fc2.bias" in p:
-                logits = logits + p["fc2.bias"][:, None, :]
+            logits = self.forward(p, x)
             logp = torch.log_softmax(logits.double(), dim=-1)
             nll = -logp[:, torch.arange(len(y)), y].mean(dim=1)
             acc = (logits.argmax(dim=-1) == y).double().mean(dim=1)

@@ -18,6 +18,19 @@ from conjugacy.systems.data import load_dataset, split_holdout
 from conjugacy.systems.shapes import tensor_shapes
 
 
+def two_layer(
+    params: dict[str, torch.Tensor], x: torch.Tensor, activation=torch.relu
+) -> torch.Tensor:
+    """Outputs (inits, batch, out) of stacked in -> h -> out nets (biases when present)."""
+    hidden = torch.einsum("bi,nhi->nbh", x, params["fc1.weight"])
+    if "fc1.bias" in params:
+        hidden = hidden + params["fc1.bias"][:, None, :]
+    out = torch.einsum("nbh,noh->nbo", activation(hidden), params["fc2.weight"])
+    if "fc2.bias" in params:
+        out = out + params["fc2.bias"][:, None, :]
+    return out
+
+
 def stack_inits(
     base: dict[str, torch.Tensor],
     inits: int,
@@ -84,13 +97,7 @@ class FCN:
         return self.x[index], self.y[index]
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        p = self.params
-        hidden = torch.einsum("bi,nhi->nbh", x, p["fc1.weight"])
-        if "fc1.bias" in p:
-            hidden = hidden + p["fc1.bias"][:, None, :]
-        logits = torch.einsum("nbh,noh->nbo", torch.relu(hidden), p["fc2.weight"])
-        if "fc2.bias" in p:
-            logits = logits + p["fc2.bias"][:, None, :]
+        logits = two_layer(self.params, x)
         logp = torch.log_softmax(logits, dim=-1)
         return -logp[:, torch.arange(len(y), device=self.device), y].mean(dim=1)
 

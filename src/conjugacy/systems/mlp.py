@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from conjugacy.systems.fcn import FCN, base_init, stack_inits
+from conjugacy.systems.fcn import FCN, base_init, stack_inits, two_layer
 from conjugacy.systems.shapes import tensor_shapes
 
 TEACHER_SEED = 20201206  # fixed: every seed and condition sees the same task
@@ -52,13 +52,7 @@ class MLP(FCN):
 
     def outputs(self, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Predictions (inits, batch) of the nets with these (stacked) parameters."""
-        hidden = torch.einsum("bi,nhi->nbh", x, params["fc1.weight"])
-        if "fc1.bias" in params:
-            hidden = hidden + params["fc1.bias"][:, None, :]
-        out = torch.einsum("nbh,noh->nbo", torch.tanh(hidden), params["fc2.weight"])
-        if "fc2.bias" in params:
-            out = out + params["fc2.bias"][:, None, :]
-        return out[..., 0]
+        return two_layer(params, x, torch.tanh)[..., 0]
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return ((self.outputs(self.params, x) - y) ** 2).mean(dim=1)
