@@ -1,17 +1,22 @@
 """Training throughput and recording overhead, side by side in one run.
 
 1. Steps/s of the batched FCN (systems/fcn.py: the 10 inits of a seed as one
-   computation) against a plain per-model loop over the same 10 models
-   (ordinary nn.Module + torch.optim.SGD each, the same mini-batches), at the
-   fcn_width experiment's sizes: 64 -> h -> 10, no bias, batch 60, SGD lr 0.1.
-   The loop's weights are checked against the batched ones after the run.
-2. Recording overhead: `conjugacy.train.train` of a 1000-step h=40 condition
+   computation, SGD with the gradients written out) against a plain
+   per-model loop over the same 10 models (ordinary nn.Module +
+   torch.optim.SGD each, the same mini-batches), at the fcn_width
+   experiment's sizes: 64 -> h -> 10, no bias, batch 60, SGD lr 0.1. Also the
+   batched FCN through autograd + torch.optim (closed_form off), to show what
+   batching alone gives. The loop's weights are checked against the batched
+   ones after the run.
+2. Recording overhead: `conjugacy.train.train` of an h=40 condition
    recording fc2.weight every step (background writer, and the synchronous
-   writer for comparison) against the same 1000 updates with no recording.
+   writer for comparison) against the same updates with no recording, for
+   1000 and 10000 steps: the difference splits the cost into a fixed part per
+   store and a part per recorded step.
 
 Medians of interleaved repeats. Prints Markdown tables.
 
-    python benchmarks/training.py [--steps 1000] [--throughput-steps 300] [--repeats 3]
+    python benchmarks/training.py [--steps 1000 10000] [--throughput-steps 300] [--repeats 3]
         [--device cuda]
 """
 
@@ -50,9 +55,10 @@ def since(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def batched(cond: dict, steps: int) -> tuple[tuple[float, float], object]:
+def batched(cond: dict, steps: int, closed_form: bool = True) -> tuple[tuple[float, float], object]:
     """(wall, CPU) seconds for `steps` updates of the batched system (after 5 warm-up steps)."""
     system, _ = make_system(cond, seed=0)
+    system.closed_form = closed_form
     for _ in range(5):
         system.step()
     sync(cond)
@@ -116,24 +122,25 @@ def max_weight_gap(system, models: list[torch.nn.Module]) -> float:
 def throughput(steps: int, repeats: int, device: str) -> str:
     rows = [
         "| h | batched steps/s | per-model loop steps/s | speed-up | speed-up in CPU time "
-        "| max rel. weight gap |",
-        "|---|---|---|---|---|---|",
+        "| batched via autograd steps/s | its speed-up | max rel. weight gap |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for h in WIDTHS:
         cond = condition(h, steps, device)
-        t_b, t_l, gap = [], [], 0.0
+        t_b, t_l, t_a, gap = [], [], [], 0.0
         for _ in range(repeats):
             seconds, system = batched(cond, steps)
             t_b.append(seconds)
             seconds, models, _ = per_model(cond, steps)
             t_l.append(seconds)
             gap = max(gap, max_weight_gap(system, models))
-        b, loop = (
-            steps / statistics.median(t[0] for t in t_b),
-            steps / statistics.median(t[0] for t in t_l),
-        )
+            t_a.append(batched(cond, steps, closed_form=False)[0])
+        b, loop, auto = (steps / statistics.median(t[0] for t in ts) for ts in (t_b, t_l, t_a))
         cpu = statistics.median(t[1] for t in t_l) / statistics.median(t[1] for t in t_b)
-        rows.append(f"| {h} | {b:.0f} | {loop:.0f} | {b / loop:.1f}x | {cpu:.1f}x | {gap:.1e} |")
+        rows.append(
+            f"| {h} | {b:.0f} | {loop:.0f} | {b / loop:.1f}x | {cpu:.1f}x | {auto:.0f} "
+            f"| {auto / loop:.1f}x | {gap:.1e} |"
+        )
     return "\n".join(rows)
 
 
@@ -156,28 +163,55 @@ def recorded(cond: dict, tmp: Path, background: bool) -> tuple[float, float]:
     return since(start)
 
 
-def overhead(steps: int, repeats: int, device: str) -> str:
-    cond = {**condition(40, steps, device), "record_every": 1, "checkpoint_every": 0}
-    times: dict[str, list[tuple[float, float]]] = {"off": [], "background": [], "synchronous": []}
-    with tempfile.TemporaryDirectory(prefix="conjugacy-bench-") as tmp:
-        for _ in range(repeats):
-            times["off"].append(plain(cond))
-            times["background"].append(recorded(cond, Path(tmp), True))
-            times["synchronous"].append(recorded(cond, Path(tmp), False))
-    med = {k: [statistics.median(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
-    rows = ["| recording | wall s | overhead | CPU s | CPU overhead |", "|---|---|---|---|---|"]
-    off = med["off"]
-    for k, (wall, cpu) in med.items():
-        rows.append(
-            f"| {k} | {wall:.2f} | {100 * (wall / off[0] - 1):+.1f}% | {cpu:.2f} "
-            f"| {100 * (cpu / off[1] - 1):+.1f}% |"
-        )
+def overhead(lengths: list[int], repeats: int, device: str) -> str:
+    """Recording off / background / synchronous for trainings of each length.
+
+    Two lengths separate the fixed cost of a store (creation, sealing, the
+    move into place) from the cost per recorded step: the extra seconds grow
+    with the steps only through the latter.
+    """
+    rows = [
+        "| steps | recording | wall s | overhead | CPU s | CPU overhead |",
+        "|---|---|---|---|---|---|",
+    ]
+    extra: dict[str, list[tuple[int, float]]] = {"background": [], "synchronous": []}
+    for steps in lengths:
+        cond = {**condition(40, steps, device), "record_every": 1, "checkpoint_every": 0}
+        times: dict[str, list[tuple[float, float]]] = {
+            "off": [],
+            "background": [],
+            "synchronous": [],
+        }
+        with tempfile.TemporaryDirectory(prefix="conjugacy-bench-") as tmp:
+            for _ in range(repeats):
+                times["off"].append(plain(cond))
+                times["background"].append(recorded(cond, Path(tmp), True))
+                times["synchronous"].append(recorded(cond, Path(tmp), False))
+        med = {k: [statistics.median(t[i] for t in v) for i in (0, 1)] for k, v in times.items()}
+        off = med["off"]
+        for k, (wall, cpu) in med.items():
+            rows.append(
+                f"| {steps} | {k} | {wall:.3f} | {100 * (wall / off[0] - 1):+.1f}% | {cpu:.3f} "
+                f"| {100 * (cpu / off[1] - 1):+.1f}% |"
+            )
+            if k in extra:
+                extra[k].append((steps, wall - off[0]))
+    if len(lengths) > 1:
+        rows.append("")
+        rows.append("| recording | fixed cost per store, ms | cost per recorded step, us |")
+        rows.append("|---|---|---|")
+        for k, points in extra.items():
+            (s0, e0), (s1, e1) = points[0], points[-1]
+            per_step = (e1 - e0) / (s1 - s0)
+            rows.append(f"| {k} | {1e3 * (e0 - per_step * s0):.0f} | {1e6 * per_step:.1f} |")
     return "\n".join(rows)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1000, help="of the recording run")
+    ap.add_argument(
+        "--steps", type=int, nargs="+", default=[1000, 10000], help="of the recording runs"
+    )
     ap.add_argument("--throughput-steps", type=int, default=300, help="timed per measurement")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")

@@ -18,6 +18,7 @@ from conjugacy.dmd import (
 from conjugacy.koopman import (
     KoopmanOptions,
     covariance_route,
+    lag_products,
     decompose,
     gram_route,
     pairs_of,
@@ -172,6 +173,32 @@ def test_all_routes_agree_on_random_data(p, steps, rank):
         assert match_err(res.eigenvalues, ref.eigenvalues) < 1e-8
         np.testing.assert_allclose(res.singular_values[: ref.rank], ref.singular_values[: ref.rank])
         np.testing.assert_allclose(np.abs(res.amplitudes), np.abs(ref.amplitudes), rtol=1e-8)
+
+
+@pytest.mark.parametrize(("delays", "budget"), [(0, 1 << 20), (3, 1 << 20), (4, 150), (7, 60)])
+def test_lag_products_are_the_lifted_covariances(delays, budget):
+    """X X^T, Y X^T and Y Y^T of lifted pairs from lagged sums, against the lifted data itself.
+
+    Small budgets split the steps into several overlapping blocks; the large
+    offset makes each product mostly cancelling terms, where the head/tail
+    recurrence would show a rounding problem.
+    """
+    rng = np.random.default_rng(11)
+    y = 1e3 + rng.standard_normal((3, 40, 5))
+    obs = Observable(dataset(y), ["x"])
+    b, head = lag_products(obs, delays, budget=budget)
+    assert budget > 1000 or len(list(obs.step_blocks(delays + 1, budget))) > 2
+    lifted = lift(y, delays)
+    x, yy = lifted[:, :-1].reshape(-1, lifted.shape[2]), lifted[:, 1:].reshape(-1, lifted.shape[2])
+    d = lifted.shape[2]
+    scale = np.abs(x.T @ x).max()
+    for got, want in (
+        (b[:-1, :, :-1].reshape(d, d), x.T @ x),
+        (b[1:, :, :-1].reshape(d, d), yy.T @ x),
+        (b[1:, :, 1:].reshape(d, d), yy.T @ yy),
+    ):
+        assert np.abs(got - want).max() <= 1e-13 * scale
+    np.testing.assert_array_equal(head, y[:, : delays + 1])
 
 
 @pytest.mark.parametrize(("p", "steps", "route"), [(200, 30, "qr-tall"), (6, 60, "qr-wide")])

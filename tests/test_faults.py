@@ -170,6 +170,38 @@ def test_a_damaged_store_is_named_and_nothing_is_written(tmp_path, capsys, damag
     assert (table.problem != "").all() or table.empty
 
 
+def test_verify_reads_the_stores_of_every_stage(tmp_path):
+    """Windowed spectra and the windows/predict/accelerate/prune/monitor stores are checked too."""
+    import xarray as xr
+
+    from conjugacy.store import write_dataset
+
+    ds = xr.Dataset({"v": ("row", np.arange(4.0))})
+    made = {
+        "windows": "windows/windows.zarr",
+        "predict": "predict/a/seed0.zarr",
+        "accelerate": "accelerate/a.zarr",
+        "prune": "prune/a/seed0.zarr",
+        "monitor": "monitor/a/seed0.zarr",
+    }
+    for rel in made.values():
+        write_dataset(ds, tmp_path / rel)
+    traj = trajectory(tmp_path, system="omd", steps=20)
+    window = tmp_path / "spectra/c/seed0/window0.zarr"
+    koopman(traj, window, KoopmanOptions(delays=2))
+    chunk = chunk_files(tmp_path / made["monitor"], "v")[0]
+    chunk.write_bytes(os.urandom(chunk.stat().st_size))
+
+    table = verify(tmp_path).set_index("store")
+    assert table.loc[str(window), "kind"] == "spectrum"
+    assert table.loc[str(window), "status"] == "complete"
+    for kind, rel in made.items():
+        row = table.loc[str(tmp_path / rel)]
+        assert row.kind == kind
+        assert row.status == ("damaged" if kind == "monitor" else "complete"), kind
+    assert "'v'" in table.loc[str(tmp_path / made["monitor"]), "problem"]
+
+
 def test_a_damaged_spectrum_stops_compare(tmp_path, capsys):
     spectra = []
     for seed in range(2):

@@ -99,6 +99,34 @@ def test_numpy_gram_accumulation_is_exact_and_in_place():
     np.testing.assert_array_equal(out, out.T)
 
 
+def test_float32_blocks_are_accumulated_in_float64_piece_by_piece(monkeypatch):
+    """A float32 block converted a few columns at a time gives the float64 Gram of its values."""
+    import conjugacy.backend
+
+    monkeypatch.setattr(conjugacy.backend, "PIECE", 6 * 4)  # 4 columns per piece of 6 rows
+    rng = np.random.default_rng(2)
+    block = (1e3 + rng.standard_normal((6, 11))).astype(np.float32)  # offset: float32 sums lose
+    be = NumpyBackend()
+    acc = be.zeros((6, 6))
+    be.add_gram(acc, block)
+    exact = block.astype(np.float64) @ block.astype(np.float64).T
+    np.testing.assert_allclose(be.finish_gram(acc), exact, rtol=1e-14)
+    single = block @ block.T  # float32 accumulation would be visibly off
+    assert np.abs(single - exact).max() > 1e-9 * np.abs(exact).max()
+
+
+def test_map_large_blocks_on_glibc():
+    import platform
+
+    from conjugacy.memory import map_large_blocks
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert map_large_blocks()
+    big = np.ones(1 << 22)  # allocations still work after it
+    assert big.sum() == 1 << 22
+
+
 @pytest.mark.parametrize(("p", "delays"), [(200, 0), (200, 3)])
 def test_gram_route_matches_dense_dmd(p, delays):
     y = observations(2, p, inits=4, steps=30, offset=0.5)

@@ -126,3 +126,32 @@ def test_closing_short_of_the_steps_is_an_error_and_diverged_seals(tmp_path):
     rec.close("diverged", diverged_step=8)
     attrs = zarr.open_group(tmp_path / "d.zarr", mode="r").attrs
     assert attrs["status"] == "diverged" and attrs["diverged_step"] == 8
+
+
+def test_block_steps_are_whole_chunks_within_the_buffer(tmp_path, monkeypatch):
+    import conjugacy.recorder as recorder
+
+    w = writer(tmp_path / "b.zarr")  # 3 inits x (20 + 7) float32 + the float64 loss
+    per_step = INITS * (27 * 4 + 8)
+    monkeypatch.setattr(recorder, "STEP_BLOCK", BLOCK)
+    monkeypatch.setattr(recorder, "BUFFER_BYTES", 5 * BLOCK * per_step + 1)
+    assert recorder.block_steps(w, "float32") == 5 * BLOCK  # 5 whole chunks fit
+    monkeypatch.setattr(recorder, "BUFFER_BYTES", 0)
+    assert recorder.block_steps(w, "float32") == BLOCK  # never less than one chunk
+    monkeypatch.setattr(recorder, "BUFFER_BYTES", 1 << 40)
+    assert recorder.block_steps(w, "float32") == STEPS  # never more than the trajectory
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_first_bad_names_the_tensor_or_the_loss(bad):
+    from conjugacy.train import first_bad
+
+    ok = {"a": np.ones((2, 3), dtype=np.float32), "b": np.zeros(4)}
+    assert first_bad(np.zeros(2), ok) is None
+    assert first_bad(np.array([0.0, bad]), ok) == "non-finite loss"
+    for name in ok:
+        broken = {n: v.copy() for n, v in ok.items()}
+        broken[name].flat[-1] = bad
+        assert first_bad(np.zeros(2), broken) == f"non-finite {name}"
+    huge = {"a": np.full(4, 1e308)}  # the sum overflows, no element is bad
+    assert first_bad(np.zeros(2), huge) is None

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from conftest import StepCounter
 
+import conjugacy.recorder
 import conjugacy.train
 from conjugacy import config
 from conjugacy.recorder import Recorder
@@ -213,6 +214,26 @@ def test_fcn_batching_does_not_couple_inits(tmp_path, optimizer):
     np.testing.assert_allclose(batched["loss"].values[0], alone["loss"].values[0], rtol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_fcn_sgd_gradients_written_out_equal_autograd(bias):
+    """The closed-form SGD step against autograd + torch.optim.SGD on the same batches."""
+    from conjugacy.systems.fcn import FCN
+
+    cond = fcn(hidden=12, inits=3, batch_size=30, lr=0.5, bias=bias)
+    fast, slow = FCN(cond, seed=2), FCN(cond, seed=2)
+    slow.closed_form = False
+    assert fast.closed_form
+    start = fast.snapshot()
+    for _ in range(25):
+        np.testing.assert_allclose(fast.step(), slow.step(), rtol=2e-5)
+    moved = 0.0
+    for name, a in fast.snapshot().items():
+        b = slow.snapshot()[name]
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(b).max(), name
+        moved = max(moved, float(np.abs(a - start[name]).max() / np.abs(b).max()))
+    assert moved > 1e-2  # lr 0.5 for 25 steps moved the weights: not two copies of the init
+
+
 def test_fcn_loss_decreases_on_digits(tmp_path):
     ds = run(tmp_path, fcn(hidden=10, steps=40, inits=2, lr=0.1))
     loss = ds["loss"].values
@@ -228,7 +249,8 @@ def test_fcn_loss_decreases_on_digits(tmp_path):
 def test_block_not_dividing_steps_writes_every_snapshot(tmp_path, monkeypatch):
     cond = resolved(system="omd", steps=10, lr=0.05)
     ref = run(tmp_path, cond, name="ref.zarr")
-    monkeypatch.setattr(conjugacy.train, "STEP_BLOCK", 3)  # 11 snapshots: 3 + 3 + 3 + 2
+    monkeypatch.setattr(conjugacy.recorder, "BUFFER_BYTES", 0)  # one chunk of steps per write
+    monkeypatch.setattr(conjugacy.recorder, "STEP_BLOCK", 3)  # 11 snapshots: 3 + 3 + 3 + 2
     small = run(tmp_path, cond, name="small.zarr")
     assert not np.isnan(small["x"].values).any()
     assert not np.isnan(small["loss"].values).any()
@@ -275,7 +297,8 @@ def test_training_killed_midway_leaves_no_store_at_the_output(tmp_path, monkeypa
     """The partial store stays in the working directory, marked incomplete."""
     cond = resolved(system="omd", steps=10)
     StepCounter(monkeypatch, Toy, stop_after=5)
-    monkeypatch.setattr(conjugacy.train, "STEP_BLOCK", 2)
+    monkeypatch.setattr(conjugacy.recorder, "BUFFER_BYTES", 0)
+    monkeypatch.setattr(conjugacy.recorder, "STEP_BLOCK", 2)
     out = tmp_path / "killed.zarr"
     with pytest.raises(KeyboardInterrupt):
         train(cond, 0, out, progress=False)

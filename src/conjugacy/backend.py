@@ -17,6 +17,7 @@ import scipy.linalg.blas as blas
 from conjugacy.config import ConfigError
 
 DEVICES = ("cpu", "cuda", "torch-cpu")
+PIECE = 1 << 20  # float64 values converted at a time by add_gram (8 MiB)
 
 
 class NumpyBackend:
@@ -30,13 +31,17 @@ class NumpyBackend:
     def add_gram(self, acc: np.ndarray, block: np.ndarray) -> None:
         """acc += block @ block.T (lower triangle only; `finish_gram` mirrors it).
 
-        dsyrk on the transposed (Fortran-ordered) views writes into acc itself
-        and does half the flops of a general product.
+        The block (any float dtype) is converted to float64 about PIECE values
+        at a time, so a float32 block never exists whole in float64. dsyrk on the
+        transposed (Fortran-ordered) views writes into acc itself and does half
+        the flops of a general product.
         """
-        b = np.ascontiguousarray(block, dtype=np.float64)
-        out = blas.dsyrk(1.0, b.T, beta=1.0, c=acc.T, trans=1, lower=0, overwrite_c=1)
-        if not np.shares_memory(out, acc):  # never expected; keep the result right anyway
-            acc[...] = out.T
+        width = max(1, PIECE // max(1, block.shape[0]))
+        for c0 in range(0, block.shape[1], width):
+            b = np.ascontiguousarray(block[:, c0 : c0 + width], dtype=np.float64)
+            out = blas.dsyrk(1.0, b.T, beta=1.0, c=acc.T, trans=1, lower=0, overwrite_c=1)
+            if not np.shares_memory(out, acc):  # never expected; keep the result right anyway
+                acc[...] = out.T
 
     def add_product(self, acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
         """acc += a.T @ b (covariance-type accumulation over rows of snapshot pairs)."""
@@ -65,9 +70,9 @@ class TorchBackend:
         torch.backends.cudnn.allow_tf32 = False
 
     def _to(self, block: np.ndarray):
-        return self.torch.from_numpy(np.ascontiguousarray(block, dtype=np.float64)).to(
-            self.device, non_blocking=False
-        )
+        """float64 on the device; converted there (a float32 block crosses the bus as is)."""
+        host = self.torch.from_numpy(np.ascontiguousarray(block))
+        return host.to(self.device, non_blocking=False).to(self.torch.float64)
 
     def zeros(self, shape: tuple[int, int]):
         return self.torch.zeros(shape, dtype=self.torch.float64, device=self.device)

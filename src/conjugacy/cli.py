@@ -109,6 +109,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_koopman(args: argparse.Namespace) -> None:
     from conjugacy.koopman import KoopmanOptions, run
+    from conjugacy.memory import map_large_blocks
+
+    map_large_blocks()  # a streaming pass: freed blocks must leave the resident set
 
     opts = KoopmanOptions(
         observables=args.observable,

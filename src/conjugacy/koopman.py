@@ -110,6 +110,48 @@ def gram_route(
     return dmd_from_gram_factors(s_all, r, vr, ytxv.reshape(size, r), gx0, variant)
 
 
+def lag_products(
+    obs: Observable, delays: int, be: Backend | None = None, budget: int = BUDGET
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lagged sums B(a, b) = sum over inits and t < k of s_(t+a) s_(t+b)^T, a, b in 0..d+1.
+
+    With d delays the lifted snapshot is x_t = [s_t, ..., s_(t+d)], so every
+    p x p block of X X^T, Y X^T and Y Y^T is one B(a, b). The pass over the
+    store sums only the d + 2 lags B(0, l); B(a + 1, a + 1 + l) follows from
+    B(a, a + l) by removing the pair at the head and adding the one at the
+    tail: (d + 2) instead of (d + 2)^2 products of the data, each term added
+    or removed once, so rounding is that of direct summation. Returns B as
+    ((d + 2), p, (d + 2), p) float64 and the first d + 1 snapshots (inits, d + 1, p).
+    """
+    be = be or NumpyBackend()
+    n, t, lags = obs.inits, obs.n_steps, delays + 2
+    k = t - delays - 1  # pairs per init
+    base = head = tail = None
+    for start, block in obs.step_blocks(overlap=lags - 1, budget=budget):
+        if base is None:
+            base = [be.zeros((block.shape[2], block.shape[2])) for _ in range(lags)]
+            head = block[:, : lags - 1].copy()
+        u0, u1 = start, min(k, start + block.shape[1] - (lags - 1))  # t whose lags lie here
+        if u1 > u0:
+            first = block[:, u0 - start : u1 - start].reshape(-1, block.shape[2])
+            for lag in range(lags):
+                other = block[:, u0 - start + lag : u1 - start + lag].reshape(first.shape)
+                be.add_product(base[lag], first, other)
+        if start + block.shape[1] == t:
+            tail = block[:, block.shape[1] - (lags - 1) :].copy()  # s_k .. s_(T-1)
+    p = head.shape[2]
+    out = np.empty((lags, p, lags, p))
+    diag = [np.array(be.numpy(b), dtype=np.float64) for b in base]  # B(a, a + l) at a = 0
+    for a in range(lags):
+        for lag in range(lags - a):
+            out[a, :, a + lag] = diag[lag]
+            out[a + lag, :, a] = diag[lag].T
+        for lag in range(lags - a - 1):  # step to B(a + 1, a + 1 + l): head pair out, tail in
+            diag[lag] -= head[:, a].T @ head[:, a + lag]
+            diag[lag] += tail[:, a].T @ tail[:, a + lag]
+    return out, head
+
+
 def covariance_route(
     obs: Observable,
     delays: int,
@@ -118,27 +160,14 @@ def covariance_route(
     variant: str = "exact",
     be: Backend | None = None,
 ) -> DMDResult:
-    """D <= M: X X^T and Y X^T (and Y Y^T for tls, fb) of lifted pairs, one block of steps
-    at a time."""
-    be = be or NumpyBackend()
-    cxx = cyx = cyy = x0 = None
-    for start, block in obs.step_blocks(overlap=delays + 1):
-        lifted = lift(block, delays)
-        x, y = pairs_of(lifted)
-        if cxx is None:
-            d = x.shape[1]
-            cxx, cyx = be.zeros((d, d)), be.zeros((d, d))
-            cyy = be.zeros((d, d)) if variant != "exact" else None
-        be.add_product(cxx, x, x)
-        be.add_product(cyx, y, x)
-        if cyy is not None:
-            be.add_product(cyy, y, y)
-        if start == 0:
-            x0 = lifted[:, 0].T.copy()
-    cyy = be.numpy(cyy) if cyy is not None else None
-    return dmd_from_covariance(
-        be.numpy(cxx), be.numpy(cyx), x0, rank, n_pairs, cyy=cyy, variant=variant
-    )
+    """D <= M: X X^T, Y X^T (and Y Y^T for tls, fb) of the lifted pairs, from lag products."""
+    b, head = lag_products(obs, delays, be)
+    d = (delays + 1) * b.shape[1]
+    cxx = b[:-1, :, :-1].reshape(d, d)
+    cyx = b[1:, :, :-1].reshape(d, d)
+    cyy = b[1:, :, 1:].reshape(d, d) if variant != "exact" else None
+    x0 = head.reshape(head.shape[0], d).T.copy()  # first lifted snapshot of each init
+    return dmd_from_covariance(cxx, cyx, x0, rank, n_pairs, cyy=cyy, variant=variant)
 
 
 def qr_tall_route(
@@ -152,7 +181,9 @@ def qr_tall_route(
     n, m = obs.inits, obs.n_steps - delays
     r = None
     for block in obs.param_blocks(budget=BUDGET // (delays + 1)):
-        rows = np.concatenate([block[:, d : d + m] for d in range(delays + 1)], axis=2)
+        rows = np.concatenate(
+            [block[:, d : d + m] for d in range(delays + 1)], axis=2, dtype=np.float64
+        )
         r = tsqr_update(r, rows.reshape(n * m, -1).T)
     cols = np.arange(n * m).reshape(n, m)
     x_cols, y_cols = cols[:, :-1].ravel(), cols[:, 1:].ravel()
@@ -291,7 +322,7 @@ def write_modes(group: zarr.Group, obs: Observable, result: DMDResult, delays: i
     m = obs.n_steps - delays
     ranges = obs.param_ranges()
     for (_, _, first, count), block in zip(ranges, obs.param_blocks(), strict=True):
-        y = block[:, 1:m].reshape(-1, count)  # (pairs, values), pairs init-major
+        y = block[:, 1:m].reshape(-1, count).astype(np.float64)  # (pairs, values), init-major
         arr[:, first : first + count] = result.mode_matrix(y.T @ result.pair_coefs).T
 
 

@@ -50,11 +50,15 @@ class Observable:
         return self.t1 - self.t0
 
     def _read(self, name: str, t0: int, t1: int, rows: slice = slice(None)) -> np.ndarray:
-        """(inits, t1 - t0, values) float64 block of one tensor, rows of its first axis."""
+        """(inits, t1 - t0, values) block of one tensor in its stored dtype, rows of its first axis.
+
+        Blocks wait in the read-ahead queue as stored (float32 for nets: half
+        the memory of float64); the accumulation converts them piece by piece.
+        """
         index = (slice(None), slice(self.t0 + t0, self.t0 + t1))
         if self.ds[name].ndim > 2:
             index += (rows,)
-        block = read(self.ds, name, index).astype(np.float64, copy=False)
+        block = read(self.ds, name, index)
         if not np.isfinite(block).all():
             raise StoreError(
                 f"store {self.ds.encoding.get('source', '?')}: variable {name!r} has non-finite "
@@ -97,7 +101,10 @@ class Observable:
         return out
 
     def param_blocks(self, budget: int = BUDGET) -> Iterator[np.ndarray]:
-        """Every step of a block of parameters at a time: (inits, n_steps, p), read ahead."""
+        """Every step of a block of parameters at a time: (inits, n_steps, p), read ahead.
+
+        In the stored dtype: convert to float64 before any product.
+        """
         tasks = [
             partial(self._read, name, 0, self.n_steps, rows)
             for name, rows, _, _ in self.param_ranges(budget)
@@ -105,7 +112,7 @@ class Observable:
         return prefetch(tasks, self.readahead)
 
     def _step_block(self, a: int, b: int) -> np.ndarray:
-        return np.concatenate([self._read(n, a, b) for n in self.names], axis=2)
+        return np.concatenate([self._read(n, a, b) for n in self.names], axis=2, dtype=np.float64)
 
     def step_blocks(self, overlap: int, budget: int = BUDGET) -> Iterator[tuple[int, np.ndarray]]:
         """Blocks of consecutive snapshots, all parameters: (start, (inits, L, dim)).

@@ -1,7 +1,9 @@
 """Buffer per-step snapshots and write them to the trajectory store in blocks.
 
-One write per block of steps keeps the number of chunk writes (and files)
-small, and memory at two blocks whatever the length of training. Blocks are
+One write per block of steps keeps the number of writes small (each zarr
+write has a fixed cost of milliseconds, more than a training step of a small
+net), and memory at two blocks whatever the length of training: a block is
+as many whole chunks of steps as fit in BUFFER_BYTES. Blocks are
 written by a background thread while training goes on (double buffering:
 the training thread fills one block while the other is written), so
 recording costs a copy per step, not a chunk write. A write that fails
@@ -18,9 +20,19 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from conjugacy.store import TrajectoryWriter
+from conjugacy.store import STEP_BLOCK, TrajectoryWriter
 
 Buffers = tuple[dict[str, np.ndarray], np.ndarray]
+BUFFER_BYTES = 32 << 20  # per buffer; at least one chunk of steps is buffered
+
+
+def block_steps(writer: TrajectoryWriter, dtype: str) -> int:
+    """Snapshots per write: whole chunks of the store's STEP_BLOCK steps, within BUFFER_BYTES."""
+    step_block = STEP_BLOCK
+    values = sum(int(np.prod(shape, dtype=np.int64)) for shape in writer.tensors.values())
+    per_step = writer.inits * (values * np.dtype(dtype).itemsize + 8)  # + the float64 loss
+    chunks = max(1, BUFFER_BYTES // (per_step * step_block))
+    return min(chunks * step_block, writer.n_steps)
 
 
 class Recorder:

@@ -30,6 +30,8 @@ CHUNK_VALUES = 1 << 21  # target values per chunk (16 MiB of float64)
 RESERVED = ("loss",)
 
 CHECKSUM = (Crc32cCodec(),)  # bytes-to-bytes codecs of every array we write
+# Recorded blocks are data: skip zarr's per-chunk comparison with the fill value.
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 STATUSES = ("complete", "diverged")  # a finished trajectory; anything else is partial
 
 # Snakemake writes .snakemake_timestamp into declared directory outputs.
@@ -87,13 +89,21 @@ class TrajectoryWriter:
         self.path = Path(path)
         self.tensors = dict(tensors)
         self.n_steps = len(steps)
+        self.inits = inits
+        # Array handles are kept: looking one up in the group reads its metadata from disk.
         if resume:
             self.group = zarr.open_group(self.path, mode="r+", zarr_format=3)
-            return
-        block = min(step_block, self.n_steps)
+            self.arrays = {name: self.group[name] for name in [*self.tensors, "loss"]}
+        else:
+            self.group = self._create(steps, inits, dtype, attrs, min(step_block, self.n_steps))
+
+    def _create(
+        self, steps: list[int], inits: int, dtype: str, attrs: dict[str, Any], block: int
+    ) -> zarr.Group:
         group = zarr.open_group(self.path, mode="w", zarr_format=3)
+        self.arrays = {}
         for name, shape in self.tensors.items():
-            group.create_array(
+            self.arrays[name] = group.create_array(
                 name,
                 shape=(inits, self.n_steps, *shape),
                 chunks=chunk_shape(inits, shape, block),
@@ -101,8 +111,9 @@ class TrajectoryWriter:
                 fill_value=np.nan,
                 compressors=CHECKSUM,
                 dimension_names=dim_names(name, len(shape)),
+                config=WRITE_EVERY_CHUNK,
             )
-        group.create_array(
+        self.arrays["loss"] = group.create_array(
             "loss",
             shape=(inits, self.n_steps),
             chunks=(inits, block),
@@ -110,6 +121,7 @@ class TrajectoryWriter:
             fill_value=np.nan,
             compressors=CHECKSUM,
             dimension_names=("init", "step"),
+            config=WRITE_EVERY_CHUNK,
         )
         for coord, values in (("step", np.asarray(steps)), ("init", np.arange(inits))):
             arr = group.create_array(
@@ -121,7 +133,7 @@ class TrajectoryWriter:
             )
             arr[:] = values
         group.attrs.update({**attrs, "status": "incomplete", "versions": package_versions()})
-        self.group = group
+        return group
 
     def write(self, start: int, tensors: Mapping[str, np.ndarray], loss: np.ndarray) -> None:
         """Write snapshots [start, start + k) of every tensor: (init, k, *shape) arrays."""
@@ -129,8 +141,8 @@ class TrajectoryWriter:
         if start + k > self.n_steps:
             raise ValueError(f"block [{start}, {start + k}) past the {self.n_steps} steps")
         for name, block in tensors.items():
-            self.group[name][:, start : start + k] = block
-        self.group["loss"][:, start : start + k] = loss
+            self.arrays[name][:, start : start + k] = block
+        self.arrays["loss"][:, start : start + k] = loss
 
     def close(self, status: str = "complete", **extra: Any) -> None:
         """Seal the store: chunk counts and status, the last things written."""

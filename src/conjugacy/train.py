@@ -23,8 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from conjugacy.config import ConfigError, training_config, training_json
-from conjugacy.recorder import Recorder
-from conjugacy.store import STEP_BLOCK, TrajectoryWriter
+from conjugacy.recorder import Recorder, block_steps
+from conjugacy.store import TrajectoryWriter
 from conjugacy.systems.shapes import recorded_snapshots, tensor_shapes
 
 log = logging.getLogger(__name__)
@@ -98,19 +98,26 @@ def load_checkpoint(work: Path, key: str) -> dict[str, Any] | None:
 
 
 def first_bad(loss: np.ndarray, snapshot: dict[str, np.ndarray] | None) -> str | None:
-    """Why a step is not finite (loss or a recorded tensor), or None."""
+    """Why a step is not finite (loss or a recorded tensor), or None.
+
+    A sum is finite only if every term is (or, rarely, overflows), so one
+    reduction per tensor clears the usual case; elements are checked only then.
+    """
     if not np.isfinite(loss).all():
         return "non-finite loss"
     for name, values in (snapshot or {}).items():
-        if not np.isfinite(values).all():
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = values.sum(dtype=np.float64)
+        if not np.isfinite(total) and not np.isfinite(values).all():
             return f"non-finite {name}"
     return None
 
 
 def _run(system, recorder, start, total, every, ckpt, progress, work, key, condition, seed):
     """The training loop: step, record, stop at divergence, checkpoint every `ckpt` updates."""
+    record = list(recorder.writer.tensors)
     for t in tqdm(range(start, total + 1), disable=not progress, mininterval=2.0, desc="train"):
-        snap = system.snapshot() if t % every == 0 else None
+        snap = system.snapshot(record) if t % every == 0 else None
         loss = system.step() if t < total else system.loss()
         if snap is not None:
             recorder.record(snap, loss)
@@ -167,7 +174,7 @@ def train(
         resume=state is not None,
     )
     recorder = Recorder(
-        writer, system.inits, dtype, min(STEP_BLOCK, len(steps)), bisect.bisect_left(steps, start)
+        writer, system.inits, dtype, block_steps(writer, dtype), bisect.bisect_left(steps, start)
     )
     every, total, ckpt = cond["record_every"], cond["steps"], cond["checkpoint_every"]
     log.info("training %s seed %d: %d inits, %d steps", condition, seed, system.inits, total)

@@ -45,12 +45,23 @@ def check(path: Path, kind: str) -> str:
     return ds.attrs.get("status", "complete")
 
 
+# (glob under an experiment's results folder, kind), in the order of the stages
+LAYOUT = (
+    ("trajectories/*/*.zarr", "trajectory"),
+    ("spectra/*/*.zarr", "spectrum"),
+    ("spectra/*/*/*.zarr", "spectrum"),  # one per window: spectra/<cond>/seed<N>/window<k>.zarr
+    ("distances.zarr", "distances"),
+    ("windows/windows.zarr", "windows"),
+    ("predict/*/*.zarr", "predict"),
+    ("accelerate/*.zarr", "accelerate"),
+    ("prune/*/*.zarr", "prune"),
+    ("monitor/*/*.zarr", "monitor"),
+)
+
+
 def stores(results: Path) -> list[tuple[Path, str]]:
     """Every store of an experiment's results folder, with its kind."""
-    found = [(p, "trajectory") for p in sorted(results.glob("trajectories/*/*.zarr"))]
-    found += [(p, "spectrum") for p in sorted(results.glob("spectra/*/*.zarr"))]
-    found += [(p, "distances") for p in sorted(results.glob("distances.zarr"))]
-    return found
+    return [(p, kind) for pattern, kind in LAYOUT for p in sorted(results.glob(pattern))]
 
 
 def verify(results: str | Path) -> pd.DataFrame:

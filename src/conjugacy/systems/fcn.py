@@ -9,6 +9,7 @@ exactly N separate optimizers, without a Python loop over models.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -69,6 +70,8 @@ def base_init(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[
 class FCN:
     """N nets of one seed: init 0 the base init, inits 1..N-1 perturbed copies."""
 
+    closed_form = False  # SGD with the gradients written out (set for plain FCNs with SGD)
+
     def __init__(self, cond: dict[str, Any], seed: int, device: str = "cpu") -> None:
         self.cond = cond
         self.inits = cond["inits"]
@@ -80,6 +83,7 @@ class FCN:
         self.params = stack_inits(base, self.inits, eps, gen, self.device)
         opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cond["optimizer"]]
         self.optimizer = opt_cls(list(self.params.values()), lr=cond["lr"])
+        self.closed_form = cond["optimizer"] == "sgd"
         x, y = load_dataset(cond["dataset"], cond.get("data_dir"))
         (x, y), _ = split_holdout(x, y, cond.get("holdout"))  # train on the rest
         self.x = torch.from_numpy(x).to(self.device)
@@ -101,8 +105,9 @@ class FCN:
         logp = torch.log_softmax(logits, dim=-1)
         return -logp[:, torch.arange(len(y), device=self.device), y].mean(dim=1)
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        return {n: t.detach().cpu().numpy().copy() for n, t in self.params.items()}
+    def snapshot(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Copies of the tensors `names` (default every parameter), (inits, *shape) each."""
+        return {n: self.params[n].detach().cpu().numpy().copy() for n in names or self.params}
 
     def state(self) -> dict[str, Any]:
         """Weights, optimizer state and data order: what the next steps depend on."""
@@ -128,8 +133,44 @@ class FCN:
 
     def step(self) -> np.ndarray:
         """One optimizer step of every init; returns the mini-batch loss before it."""
+        if self.closed_form:
+            return self._sgd_step(*self._next_batch())
         losses = self._losses(*self._next_batch())
         self.optimizer.zero_grad(set_to_none=True)
         losses.sum().backward()
         self.optimizer.step()
         return losses.detach().double().cpu().numpy()
+
+    @torch.no_grad()
+    def _sgd_step(self, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+        """One SGD step with the two-layer net's gradients written out; the loss before it.
+
+        The backward pass of this net is three matrix products. At the
+        experiments' sizes, recording autograd's graph, walking it and running
+        torch.optim cost more than that arithmetic (benchmarks/training.py);
+        the result equals autograd's to float32 rounding (tests/test_train.py).
+        """
+        p, lr, rows = self.params, self.cond["lr"], torch.arange(len(y), device=self.device)
+        hidden = torch.matmul(x, p["fc1.weight"].transpose(1, 2))  # (N, B, H)
+        if "fc1.bias" in p:
+            hidden += p["fc1.bias"][:, None, :]
+        active = torch.relu(hidden)
+        logits = torch.matmul(active, p["fc2.weight"].transpose(1, 2))  # (N, B, O)
+        if "fc2.bias" in p:
+            logits += p["fc2.bias"][:, None, :]
+        # log-softmax by hand: torch's kernel is ~3x slower over 10 classes on CPU
+        shifted = logits - logits.amax(dim=-1, keepdim=True)
+        d_logits = shifted.exp()
+        total = d_logits.sum(dim=-1, keepdim=True)
+        losses = (total.log()[..., 0] - shifted[:, rows, y]).mean(dim=1)
+        d_logits /= total  # d(mean NLL)/d(logits) = (softmax - one-hot) / B
+        d_logits[:, rows, y] -= 1
+        d_logits /= len(y)
+        d_hidden = torch.matmul(d_logits, p["fc2.weight"]).mul_(hidden > 0)  # (N, B, H)
+        p["fc2.weight"].sub_(torch.matmul(d_logits.transpose(1, 2), active), alpha=lr)
+        p["fc1.weight"].sub_(torch.matmul(d_hidden.transpose(1, 2), x), alpha=lr)
+        if "fc2.bias" in p:
+            p["fc2.bias"].sub_(d_logits.sum(dim=1), alpha=lr)
+        if "fc1.bias" in p:
+            p["fc1.bias"].sub_(d_hidden.sum(dim=1), alpha=lr)
+        return losses.double().cpu().numpy()

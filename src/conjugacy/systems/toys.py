@@ -8,6 +8,7 @@ one (inits, 2) float64 array.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,8 @@ class Toy:
             self.x = np.clip(jittered_grid(cond["grid"], jitter, rng), low, high)
         self.inits = self.x.shape[0]
 
-    def snapshot(self) -> dict[str, np.ndarray]:
+    def snapshot(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """The iterate x (the toys' only tensor), (inits, dim)."""
         return {"x": self.x.copy()}
 
     def state(self) -> dict[str, np.ndarray]:

@@ -18,6 +18,7 @@ gradients as the full causal model, at a fraction of the cost.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -142,8 +143,9 @@ class Transformer:
                 out[f"{split_name}_accuracy"] = acc.cpu().numpy()
         return out
 
-    def snapshot(self) -> dict[str, np.ndarray]:
-        return {n: self.params[n].detach().cpu().numpy().copy() for n in self.cond["record"]}
+    def snapshot(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """Copies of the tensors `names` (default every parameter), (inits, *shape) each."""
+        return {n: self.params[n].detach().cpu().numpy().copy() for n in names or self.params}
 
     def state(self) -> dict[str, Any]:
         """Weights, optimizer and schedule state: what the next steps depend on."""
