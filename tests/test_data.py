@@ -109,3 +109,15 @@ def test_a_data_dir_without_the_files_is_a_config_error(tmp_path, data_dir, mess
         config.resolve({"experiment": "m", "conditions": {"net": cond}})
     assert "config key conditions.net.data_dir" in str(err.value)
     assert "train-labels-idx1-ubyte" in str(err.value)  # says what was expected
+
+
+def test_digits_read_without_sklearn_equal_sklearns():
+    from sklearn.datasets import load_digits
+
+    from conjugacy.systems.data import read_digits
+
+    pixels, labels = read_digits()
+    bunch = load_digits()
+    np.testing.assert_array_equal(pixels, bunch.data)
+    np.testing.assert_array_equal(labels, bunch.target)
+    assert labels.dtype == np.int64 and pixels.shape == (1797, 64)

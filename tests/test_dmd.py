@@ -18,9 +18,9 @@ from conjugacy.dmd import (
 from conjugacy.koopman import (
     KoopmanOptions,
     covariance_route,
-    lag_products,
     decompose,
     gram_route,
+    lag_products,
     pairs_of,
     qr_tall_route,
     qr_wide_route,

@@ -115,14 +115,14 @@ def test_float32_blocks_are_accumulated_in_float64_piece_by_piece(monkeypatch):
     assert np.abs(single - exact).max() > 1e-9 * np.abs(exact).max()
 
 
-def test_map_large_blocks_on_glibc():
+def test_share_one_arena_on_glibc():
     import platform
 
-    from conjugacy.memory import map_large_blocks
+    from conjugacy.memory import share_one_arena
 
     if platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
-    assert map_large_blocks()
+    assert share_one_arena()
     big = np.ones(1 << 22)  # allocations still work after it
     assert big.sum() == 1 << 22
 

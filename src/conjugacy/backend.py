@@ -17,7 +17,7 @@ import scipy.linalg.blas as blas
 from conjugacy.config import ConfigError
 
 DEVICES = ("cpu", "cuda", "torch-cpu")
-PIECE = 1 << 20  # float64 values converted at a time by add_gram (8 MiB)
+PIECE = 1 << 18  # float64 values converted at a time by add_gram (2 MiB)
 
 
 class NumpyBackend:

@@ -109,9 +109,9 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 def cmd_koopman(args: argparse.Namespace) -> None:
     from conjugacy.koopman import KoopmanOptions, run
-    from conjugacy.memory import map_large_blocks
+    from conjugacy.memory import share_one_arena
 
-    map_large_blocks()  # a streaming pass: freed blocks must leave the resident set
+    share_one_arena()  # read-ahead threads reuse the same freed blocks
 
     opts = KoopmanOptions(
         observables=args.observable,
@@ -437,7 +437,7 @@ def parser() -> argparse.ArgumentParser:
         "--readahead",
         type=_nonneg,
         default=2,
-        help="blocks read ahead in threads while computing (0: none; default 2)",
+        help="blocks read ahead in threads while computing (0: none; default 1)",
     )
     k.add_argument(
         "--skip-diverged",

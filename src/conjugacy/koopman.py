@@ -124,7 +124,7 @@ def lag_products(
     ((d + 2), p, (d + 2), p) float64 and the first d + 1 snapshots (inits, d + 1, p).
     """
     be = be or NumpyBackend()
-    n, t, lags = obs.inits, obs.n_steps, delays + 2
+    t, lags = obs.n_steps, delays + 2
     k = t - delays - 1  # pairs per init
     base = head = tail = None
     for start, block in obs.step_blocks(overlap=lags - 1, budget=budget):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import io
 import pickle
 from pathlib import Path
@@ -116,15 +117,27 @@ def split_holdout(
     return (x[kept], y[kept]), (x[held], y[held])
 
 
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's digits (pixels float64 (1797, 64), labels int64) from its data file.
+
+    The file sklearn.datasets.load_digits reads, read without importing
+    scikit-learn: that import alone costs about a second per training job.
+    """
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError("dataset 'digits' needs scikit-learn installed (it ships the data)")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz"
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1], table[:, -1].astype(np.int64)
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(features float32 (n, d), labels int64 (n,)), features standardised."""
     if name == "digits":
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x = bunch.data.astype(np.float64) / 16.0
+        pixels, labels = read_digits()
+        x = pixels / 16.0
         x = (x - x.mean()) / x.std()
-        return x.astype(np.float32), bunch.target.astype(np.int64)
+        return x.astype(np.float32), labels
     if name == "mnist":
         images, labels = (read_idx(_find(Path(data_dir), f)) for f in DATASET_FILES["mnist"])
         x = (images.reshape(len(images), -1).astype(np.float64) / 255.0 - MNIST_MEAN) / MNIST_STD
