@@ -19,6 +19,7 @@ matched computed and true eigenvalues. Prints Markdown tables of medians.
 
     python benchmarks/koopman_vs_pydmd.py --params 200000 2000000 --repeats 3
     python benchmarks/koopman_vs_pydmd.py --params 20000000 --only ours floor --repeats 1
+    python benchmarks/koopman_vs_pydmd.py --params 2000000 --only ours floor --chunk-values 524288
 """
 
 from __future__ import annotations
@@ -239,7 +240,16 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", choices=METHODS, default=list(METHODS))
     ap.add_argument("--tmp", type=Path, default=None, help="where the stores go (big at 2e7)")
     ap.add_argument("--device", help="passed to `conjugacy koopman --device` (e.g. cuda)")
+    ap.add_argument(
+        "--chunk-values",
+        type=int,
+        help="values per chunk of the synthetic stores (default: training's store.CHUNK_VALUES)",
+    )
     args = ap.parse_args()
+    if args.chunk_values:
+        import conjugacy.store
+
+        conjugacy.store.CHUNK_VALUES = args.chunk_values
     results = []
     with tempfile.TemporaryDirectory(dir=args.tmp, prefix="conjugacy-bench-") as tmp:
         for i, params in enumerate(args.params):
