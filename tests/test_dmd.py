@@ -175,6 +175,27 @@ def test_all_routes_agree_on_random_data(p, steps, rank):
         np.testing.assert_allclose(np.abs(res.amplitudes), np.abs(ref.amplitudes), rtol=1e-8)
 
 
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_leading_eigh_is_dsyevr_for_the_vectors_it_keeps(overwrite):
+    """All eigenvalues and the leading eigenvectors, against scipy's eigh, on a PSD matrix."""
+    from conjugacy.dmd import leading_eigh
+
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((150, 40)) * np.logspace(0, -3, 40)  # rank 40, spread spectrum
+    m = a @ a.T
+    ref_lam, ref_vec = scipy.linalg.eigh(m)
+    ref_lam, ref_vec = np.clip(ref_lam[::-1], 0, None), ref_vec[:, ::-1]
+    lam, vec = leading_eigh(m.copy(), lambda values: 7, most=10, overwrite=overwrite)
+    assert np.abs(lam - ref_lam).max() <= 1e-13 * ref_lam[0]
+    assert vec.shape == (150, 7)
+    np.testing.assert_allclose(np.abs(np.sum(vec * ref_vec[:, :7], axis=0)), 1.0, atol=1e-10)
+    np.testing.assert_allclose(m @ vec, vec * lam[:7], atol=1e-12 * ref_lam[0])
+    with pytest.raises(ValueError, match="at most 10"):
+        leading_eigh(m.copy(), lambda values: 11, most=10)
+    lam_all, vec_all = leading_eigh(m.copy(), lambda values: 150)  # no bound: dsyevr
+    assert vec_all.shape == (150, 150) and np.allclose(lam_all, ref_lam, atol=1e-13 * lam[0])
+
+
 @pytest.mark.parametrize(("delays", "budget"), [(0, 1 << 20), (3, 1 << 20), (4, 150), (7, 60)])
 def test_lag_products_are_the_lifted_covariances(delays, budget):
     """X X^T, Y X^T and Y Y^T of lifted pairs from lagged sums, against the lifted data itself.

@@ -397,7 +397,7 @@ def test_ill_conditioned_gram_falls_back_to_qr_and_says_so(p, route, caplog):
     assert match_err(res.eigenvalues, [*TRUE, 1.0]) < 1e-6
     assert "condition number" in caplog.text and "QR route" in caplog.text
     cond = float(caplog.text.split("condition number ")[1].split()[0])
-    assert cond > 1e16
+    assert cond > 1e14  # rounding-level eigenvalue: its exact size depends on the eigensolver
 
 
 def test_cli_variant_rank_rule_and_modes(tmp_path):

@@ -28,8 +28,9 @@ from conjugacy.dmd import (
     dmd_dense,
     dmd_from_covariance,
     dmd_from_gram_factors,
-    eigh_desc,
+    leading_eigh,
     needs_qr,
+    rank_bound,
     select_rank,
     squared_tol,
     tsqr_update,
@@ -96,12 +97,17 @@ def gram_route(
     gxx = np.empty((n, k, n, k))
     gxx[...] = h[:, :k, :, :k]
     gx0 = h[:, :k, :, 0].reshape(size, n)  # X^T x0: the first lifted snapshot of each init
-    lam, v = eigh_desc(gxx.reshape(size, size), overwrite=True)
+    tol = squared_tol(max(dim, size))
+    lam, vr = leading_eigh(
+        gxx.reshape(size, size),
+        lambda lam: select_rank(np.sqrt(lam), rank, tol, (dim, size)),
+        rank_bound(rank),
+        overwrite=True,
+    )
     del gxx
     s_all = np.sqrt(lam)
-    r = select_rank(s_all, rank, squared_tol(max(dim, size)), (dim, size))
-    vr = np.ascontiguousarray(v[:, :r])
-    del v
+    r = vr.shape[1]
+    vr = np.ascontiguousarray(vr)
     v4 = vr.reshape(n, k, r)
     ytxv = np.zeros((n, k, r))
     for a in range(n):  # Y^T X V_r: rows at y positions (t >= 1), columns at x positions
