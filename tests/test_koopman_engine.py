@@ -31,10 +31,12 @@ def system(rng: np.random.Generator) -> np.ndarray:
     return basis @ block @ np.linalg.inv(basis)
 
 
-def observations(seed: int, p: int, inits: int, steps: int, offset: float = 0.0) -> np.ndarray:
-    """y_t = C x_t (+ a static offset) of x_{t+1} = A x_t: (inits, steps, p)."""
+def observations(
+    seed: int, p: int, inits: int, steps: int, offset: float = 0.0, make=system
+) -> np.ndarray:
+    """y_t = C x_t (+ a static offset) of x_{t+1} = A x_t, A = make(rng): (inits, steps, p)."""
     rng = np.random.default_rng(seed)
-    a = system(rng)
+    a = make(rng)
     c = 2 * rng.standard_normal((p, 4)) / np.sqrt(p)
     x = rng.standard_normal((inits, 4))
     out = np.empty((inits, steps, p))
@@ -240,22 +242,19 @@ OSC = np.array(
 )
 
 
-def oscillators(seed: int, p: int, inits: int, steps: int) -> np.ndarray:
-    """Two lightly damped oscillators (eigenvalues OSC), observed in p dims: (inits, steps, p)."""
-    rng = np.random.default_rng(seed)
+def oscillator_system(rng: np.random.Generator) -> np.ndarray:
+    """Real non-normal 4 x 4 matrix with eigenvalues OSC."""
     block = np.zeros((4, 4))
     for i, (radius, angle) in enumerate([(0.99, 0.25), (0.97, 0.7)]):
         c, s = np.cos(angle), np.sin(angle)
         block[2 * i : 2 * i + 2, 2 * i : 2 * i + 2] = radius * np.array([[c, -s], [s, c]])
     basis = rng.standard_normal((4, 4))
-    a = basis @ block @ np.linalg.inv(basis)
-    c = 2 * rng.standard_normal((p, 4)) / np.sqrt(p)
-    x = rng.standard_normal((inits, 4))
-    out = np.empty((inits, steps, p))
-    for t in range(steps):
-        out[:, t] = x @ c.T
-        x = x @ a.T
-    return out
+    return basis @ block @ np.linalg.inv(basis)
+
+
+def oscillators(seed: int, p: int, inits: int, steps: int) -> np.ndarray:
+    """Two lightly damped oscillators (eigenvalues OSC), observed in p dims: (inits, steps, p)."""
+    return observations(seed, p, inits, steps, make=oscillator_system)
 
 
 @pytest.mark.parametrize(("p", "inits", "route"), [(10, 5, "covariance"), (200, 3, "gram")])

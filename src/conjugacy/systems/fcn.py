@@ -32,6 +32,13 @@ def two_layer(
     return out
 
 
+def snapshot_of(
+    params: dict[str, torch.Tensor], names: Iterable[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Copies of the stacked tensors `names` (default all), (inits, *shape) each, on the host."""
+    return {n: params[n].detach().cpu().numpy().copy() for n in names or params}
+
+
 def stack_inits(
     base: dict[str, torch.Tensor],
     inits: int,
@@ -106,8 +113,7 @@ class FCN:
         return -logp[:, torch.arange(len(y), device=self.device), y].mean(dim=1)
 
     def snapshot(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Copies of the tensors `names` (default every parameter), (inits, *shape) each."""
-        return {n: self.params[n].detach().cpu().numpy().copy() for n in names or self.params}
+        return snapshot_of(self.params, names)
 
     def state(self) -> dict[str, Any]:
         """Weights, optimizer state and data order: what the next steps depend on."""

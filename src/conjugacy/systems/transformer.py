@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from conjugacy.systems.fcn import stack_inits
+from conjugacy.systems.fcn import snapshot_of, stack_inits
 from conjugacy.systems.modular import split
 from conjugacy.systems.shapes import tensor_shapes
 
@@ -144,8 +144,7 @@ class Transformer:
         return out
 
     def snapshot(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """Copies of the tensors `names` (default every parameter), (inits, *shape) each."""
-        return {n: self.params[n].detach().cpu().numpy().copy() for n in names or self.params}
+        return snapshot_of(self.params, names)
 
     def state(self) -> dict[str, Any]:
         """Weights, optimizer and schedule state: what the next steps depend on."""
