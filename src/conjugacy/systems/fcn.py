@@ -39,6 +39,18 @@ def snapshot_of(
     return {n: params[n].detach().cpu().numpy().copy() for n in names or params}
 
 
+def saved_params(params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Host copies of the stacked parameters, for a checkpoint."""
+    return {n: t.detach().cpu().clone() for n, t in params.items()}
+
+
+def restore_params(params: dict[str, torch.Tensor], saved: dict[str, torch.Tensor]) -> None:
+    """Write checkpointed values into the stacked parameters in place (optimizers keep them)."""
+    with torch.no_grad():
+        for name, tensor in saved.items():
+            params[name].copy_(tensor)
+
+
 def stack_inits(
     base: dict[str, torch.Tensor],
     inits: int,
@@ -118,16 +130,14 @@ class FCN:
     def state(self) -> dict[str, Any]:
         """Weights, optimizer state and data order: what the next steps depend on."""
         return {
-            "params": {n: t.detach().cpu().clone() for n, t in self.params.items()},
+            "params": saved_params(self.params),
             "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "order": self.order.copy(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for name, tensor in state["params"].items():
-                self.params[name].copy_(tensor)
+        restore_params(self.params, state["params"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
         self.order = state["order"].copy()

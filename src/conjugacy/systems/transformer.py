@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from conjugacy.systems.fcn import snapshot_of, stack_inits
+from conjugacy.systems.fcn import restore_params, saved_params, snapshot_of, stack_inits
 from conjugacy.systems.modular import split
 from conjugacy.systems.shapes import tensor_shapes
 
@@ -149,15 +149,13 @@ class Transformer:
     def state(self) -> dict[str, Any]:
         """Weights, optimizer and schedule state: what the next steps depend on."""
         return {
-            "params": {n: t.detach().cpu().clone() for n, t in self.params.items()},
+            "params": saved_params(self.params),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        with torch.no_grad():
-            for name, tensor in state["params"].items():
-                self.params[name].copy_(tensor)
+        restore_params(self.params, state["params"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
 
