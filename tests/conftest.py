@@ -13,7 +13,7 @@ import xarray as xr
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-PROJECT_PARTS = ("Snakefile", "workflow", "src", "config", "envs")
+PROJECT_PARTS = ("Snakefile", "workflow", "src", "config", "envs", "profiles")
 
 
 def copy_project(root: Path) -> Path:

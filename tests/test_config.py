@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -139,6 +140,13 @@ def mutate(path: str, value) -> dict:
     return cfg
 
 
+def renamed(name) -> dict:
+    """base() with condition omd renamed (names with dots do not fit mutate's paths)."""
+    cfg = base()
+    cfg["conditions"][name] = cfg["conditions"].pop("omd")
+    return cfg
+
+
 BAD = [
     # (id, config, substrings the message must contain)
     ("unknown top-level key", mutate("colour", 1), ["colour", "allowed keys", "experiment"]),
@@ -244,6 +252,74 @@ BAD = [
     ("missing system", mutate("conditions.omd", {"steps": 3}), ["conditions.omd", "system"]),
     ("missing experiment", {"conditions": {"a": {"system": "omd"}}}, ["'experiment'", "required"]),
     ("bad experiment name", mutate("experiment", "a b"), ["experiment", "does not match"]),
+    # names are folder names: no '.', '..', leading '-', '/', or 65+ characters
+    ("experiment ..", mutate("experiment", ".."), ["config key experiment: '..' does not match"]),
+    ("experiment .", mutate("experiment", "."), ["config key experiment: '.' does not match"]),
+    ("experiment /", mutate("experiment", "a/b"), ["config key experiment: 'a/b' does not match"]),
+    ("experiment -x", mutate("experiment", "-x"), ["config key experiment: '-x' does not match"]),
+    ("experiment long", mutate("experiment", "e" * 65), ["config key experiment:", "too long"]),
+    ("condition ..", renamed(".."), ["config key conditions: '..' does not match"]),
+    ("condition .", renamed("."), ["config key conditions: '.' does not match"]),
+    ("condition a.b", renamed("a.b"), ["config key conditions: 'a.b' does not match"]),
+    ("condition -x", renamed("-x"), ["config key conditions: '-x' does not match"]),
+    ("condition empty", renamed(""), ["config key conditions: '' does not match"]),
+    (
+        "pair side ..",
+        mutate("compare", {"pairs": [["omd", ".."]]}),
+        ["config key compare.pairs.0.1: '..' does not match"],
+    ),
+    (
+        "prune condition ..",
+        mutate("prune", {"conditions": [".."]}),
+        ["config key prune.conditions.0: '..' does not match"],
+    ),
+    (
+        "pair repeated reversed",
+        mutate("compare", {"pairs": [["omd", "fcn"], ["fcn", "omd"]]}),
+        ["config key compare.pairs.1: 'fcn' and 'omd' are paired twice"],
+    ),
+    # seeds: 0 <= seed < 2**32 wherever a seed is set
+    (
+        "seed 2**32",
+        mutate("seeds", [0, 2**32]),
+        ["config key seeds.1: 4294967296 is greater than the maximum of 4294967295"],
+    ),
+    (
+        "huge condition seed",
+        mutate("conditions.fcn.seeds", [99999999999999999999999]),
+        ["config key conditions.fcn.seeds.0: 99999999999999999999999 is greater than the max"],
+    ),
+    (
+        "huge data seed",
+        mutate("conditions.omd", {"system": "transformer", "data_seed": 2**40}),
+        ["config key conditions.omd.data_seed", "maximum of 4294967295"],
+    ),
+    (
+        "huge companion seed",
+        mutate("conditions.omd", {"system": "transformer", "companion": {"seed": 2**32}}),
+        ["config key conditions.omd.companion.seed", "maximum of 4294967295"],
+    ),
+    # integers are ints: 10.0 steps would reach range() and fail with a TypeError
+    (
+        "float steps",
+        mutate("conditions.omd.steps", 10.0),
+        ["config key conditions.omd.steps: 10.0 is not of type 'integer'"],
+    ),
+    ("non-string key", renamed(1), ["config key conditions: key 1 is not a string"]),
+    # a koopman window past the recorded steps (omd records steps 0..20)
+    (
+        "koopman window past the steps",
+        mutate("conditions.omd.koopman", {"window": [0, 500]}),
+        [
+            "config key conditions.omd.koopman.window: [0, 500) ends past the last recorded "
+            "step 20; expected stop <= 21"
+        ],
+    ),
+    (
+        "koopman window past the steps, top level",
+        mutate("koopman", {"window": [30, 40]}),
+        ["conditions.omd.koopman.window: [30, 40) ends past the last recorded step 20"],
+    ),
 ]
 
 
@@ -282,3 +358,99 @@ def test_workflow_schema_is_library_schema():
     assert yaml.safe_load(workflow.read_text()) == config.schema()
     library = ROOT / "src" / "conjugacy" / "config.schema.yaml"
     assert workflow.resolve() == library.resolve()
+
+
+# --- values the schema's bounds cannot see --------------------------------------------------
+
+NAN, INF = float("nan"), float("inf")
+NON_FINITE = [
+    ("conditions.fcn.lr", NAN, "config key conditions.fcn.lr: nan is not a finite number"),
+    ("conditions.fcn.lr", INF, "config key conditions.fcn.lr: inf is not a finite number"),
+    ("conditions.omd.jitter", NAN, "config key conditions.omd.jitter: nan is not a finite number"),
+    ("compare.alpha", NAN, "config key compare.alpha: nan is not a finite number"),
+    ("compare.max_ratio", INF, "config key compare.max_ratio: inf is not a finite number"),
+    (
+        "conditions.omd.domain",
+        [0.01, -INF],
+        "config key conditions.omd.domain.1: -inf is not a finite number",
+    ),
+    (
+        "conditions.omd.grid",
+        {"low": NAN, "high": 0.5},
+        "config key conditions.omd.grid.low: nan is not a finite number",
+    ),
+    # found before the schema would complain about the unknown key
+    ("conditions.omd.colour", NAN, "config key conditions.omd.colour: nan is not a finite number"),
+]
+
+
+@pytest.mark.parametrize(("path", "value", "message"), NON_FINITE, ids=lambda v: str(v))
+def test_non_finite_values_are_rejected(path, value, message):
+    with pytest.raises(ConfigError) as err:
+        config.resolve(mutate(path, value))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(
+    ("yaml_value", "shown"), [(".nan", "nan"), (".NaN", "nan"), (".inf", "inf"), ("-.Inf", "-inf")]
+)
+def test_non_finite_yaml_floats_are_rejected(tmp_path, yaml_value, shown):
+    path = tmp_path / "c.yaml"
+    path.write_text(f"experiment: e\nconditions:\n  sgd:\n    system: fcn\n    lr: {yaml_value}\n")
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value) == f"config key conditions.sgd.lr: {shown} is not a finite number"
+
+
+def test_seed_bounds_are_inclusive_below_2_to_the_32():
+    cfg = config.resolve(mutate("seeds", [0, 2**32 - 1]))
+    assert cfg["conditions"]["omd"]["seeds"] == [0, 2**32 - 1]
+
+
+def test_huge_seed_in_a_yaml_file_names_the_key(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "experiment: e\nseeds: [99999999999999999999999]\nconditions: {a: {system: omd}}\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        config.load(path)
+    assert str(err.value) == (
+        "config key seeds.0: 99999999999999999999999 is greater than the maximum of 4294967295"
+    )
+
+
+def test_koopman_window_up_to_the_last_recorded_step_is_accepted():
+    cfg = config.resolve(mutate("conditions.omd.koopman", {"delays": 4, "window": [0, 21]}))
+    assert cfg["conditions"]["omd"]["koopman"]["window"] == [0, 21]
+
+
+def test_koopman_window_past_the_last_recorded_step_with_record_every():
+    """Steps 0, 5, ..., 20 are recorded: a window to 22 asks for steps that are not there."""
+    raw = mutate("conditions.omd.record_every", 5)
+    raw["conditions"]["omd"]["koopman"] = {"delays": 1, "window": [0, 22]}
+    with pytest.raises(ConfigError) as err:
+        config.resolve(raw)
+    assert str(err.value) == (
+        "config key conditions.omd.koopman.window: [0, 22) ends past the last recorded step 20; "
+        "expected stop <= 21"
+    )
+
+
+def test_check_koopman_window_past_the_store_names_the_option():
+    """The `koopman` command shares the check: its label names the option and the store."""
+    with pytest.raises(ConfigError) as err:
+        config.check_koopman(
+            {"window": (5, 40)}, {"x": (2,)}, list(range(0, 30, 3)), 4, lambda k: f"option --{k}"
+        )
+    assert str(err.value) == (
+        "option --window: [5, 40) ends past the last recorded step 27; expected stop <= 28"
+    )
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_configs_validate_apart_from_data_on_disk(path, monkeypatch):
+    """Every shipped config passes the new name, seed, finiteness and window checks."""
+    monkeypatch.setattr(config, "_check_data_dir", lambda cond, key: None)
+    cfg = config.load(path)
+    names = [cfg["experiment"], *cfg["conditions"]]
+    assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", n) for n in names)

@@ -1,4 +1,4 @@
-"""Fault injection: every reliability promise of the README's "Failures and recovery".
+"""Fault injection: every reliability promise of docs/recovery.md, and every attack on safety.
 
 Each test injects one fault (a kill, a wall-time stop, divergence, a damaged
 store, a bad config, a full disk) and checks that nothing is lost or stale.
@@ -30,6 +30,7 @@ from conftest import (
 )
 
 from conjugacy import config
+from conjugacy.checkpoint import STATE
 from conjugacy.cli import main
 from conjugacy.compare import run as compare
 from conjugacy.koopman import KoopmanOptions
@@ -37,7 +38,7 @@ from conjugacy.koopman import run as koopman
 from conjugacy.store import StoreError, open_trajectory
 from conjugacy.systems.fcn import FCN
 from conjugacy.systems.toys import Toy
-from conjugacy.train import STATE, train
+from conjugacy.train import train
 from conjugacy.verify import verify
 
 
@@ -151,7 +152,9 @@ def chunk_files(store: Path, variable: str) -> list[Path]:
 
 @pytest.mark.parametrize("damage", ["deleted chunk", "garbage chunk", "truncated metadata"])
 def test_a_damaged_store_is_named_and_nothing_is_written(tmp_path, capsys, damage):
-    path = trajectory(tmp_path, system="omd", steps=80)  # x has two step chunks
+    (tmp_path / "trajectories/c").mkdir(parents=True)  # where verify looks
+    path = trajectory(tmp_path, "trajectories/c/seed0.zarr", system="omd", steps=80)
+    assert verify(tmp_path).set_index("store").loc[str(path), "problem"] == ""
     chunk = chunk_files(path, "x")[-1]
     if damage == "deleted chunk":
         chunk.unlink()
@@ -166,8 +169,9 @@ def test_a_damaged_store_is_named_and_nothing_is_written(tmp_path, capsys, damag
     assert str(path) in err and "'x'" in err and "Traceback" not in err
     assert len(err.splitlines()) == 1
     assert not out.exists()
-    table = verify(tmp_path)
-    assert (table.problem != "").all() or table.empty
+    row = verify(tmp_path).set_index("store").loc[str(path)]
+    assert row.kind == "trajectory" and row.status == "damaged"
+    assert str(path) in row.problem and "'x'" in row.problem
 
 
 def test_verify_reads_the_stores_of_every_stage(tmp_path):
@@ -184,8 +188,8 @@ def test_verify_reads_the_stores_of_every_stage(tmp_path):
         "prune": "prune/a/seed0.zarr",
         "monitor": "monitor/a/seed0.zarr",
     }
-    for rel in made.values():
-        write_dataset(ds, tmp_path / rel)
+    for kind, rel in made.items():
+        write_dataset(ds, tmp_path / rel, role=kind)
     traj = trajectory(tmp_path, system="omd", steps=20)
     window = tmp_path / "spectra/c/seed0/window0.zarr"
     koopman(traj, window, KoopmanOptions(delays=2))
@@ -368,8 +372,10 @@ def test_kill_mid_training_then_rerun_is_bitwise_identical(tmp_path) -> None:
     out = root / "results/kill/trajectories/long/seed0.zarr"
     assert not (out / "zarr.json").exists()  # never a partial store where downstream looks
 
+    # The documented recovery, as typed: no --cores, no --rerun-incomplete (the profile's).
     snakemake(root, "--configfile", str(config_file), "--unlock")  # the lock of the dead run
-    snakemake(root, "--cores", "1", "--configfile", str(config_file), "--rerun-incomplete")
+    rerun = snakemake(root, "--configfile", str(config_file))
+    assert "Using workflow specific profile profiles/default" in rerun.stderr
     log = (root / "results/kill/logs/train/long/seed0.log").read_text()
     assert "resuming long seed 0 from its checkpoint at step" in log
     assert not (root / "results/kill/checkpoints/long/seed0").exists()

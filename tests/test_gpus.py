@@ -114,11 +114,7 @@ def test_training_jobs_request_the_gpus_of_their_condition(tmp_path):
 
 
 def test_local_profile_gives_each_training_job_its_own_devices(tmp_path):
-    root = copy_project(tmp_path / "project")
-    (root / "profiles").mkdir()
-    subprocess.run(
-        ["cp", "-r", str(REPO / "profiles" / "local"), str(root / "profiles")], check=True
-    )
+    root = copy_project(tmp_path / "project")  # with profiles/local
     cfg = {**CONFIG, "conditions": {k: v for k, v in CONFIG["conditions"].items() if k != "cuda"}}
     config = write_config(root / "gpus.yaml", cfg)
     env_devices = "0,1"

@@ -67,7 +67,7 @@ def spectrum(path, condition: str, seed: int, window: tuple[int, int], eigenvalu
         {"eigenvalues": ("mode", np.asarray(eigenvalues, dtype=np.complex128))},
         attrs={"condition": condition, "seed": seed, "window": list(window)},
     )
-    write_dataset(ds, path)
+    write_dataset(ds, path, role="spectrum")
     return str(path)
 
 
@@ -132,7 +132,7 @@ def test_windows_stage_tables_verdicts_and_figures(window_spectra, tmp_path):
 def test_windows_command_refuses_a_spectrum_without_a_window(tmp_path, capsys):
     good = spectrum(tmp_path / "a.zarr", "c", 0, (0, 10), [0.5, 0.9])
     bare = tmp_path / "b.zarr"
-    write_dataset(xr.Dataset({"eigenvalues": ("mode", np.ones(2, complex))}), bare)
+    write_dataset(xr.Dataset({"eigenvalues": ("mode", np.ones(2, complex))}), bare, role="spectrum")
     assert main(["windows", good, str(bare), "-o", str(tmp_path / "o")]) == 2
     assert "b.zarr has no window" in capsys.readouterr().err
     missing = spectrum(tmp_path / "c.zarr", "c", 1, (10, 20), [0.5, 0.9])

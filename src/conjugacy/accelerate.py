@@ -23,7 +23,7 @@ import numpy as np
 import xarray as xr
 
 from conjugacy.predict import EPS32, Evaluator, node_predict
-from conjugacy.store import write_dataset
+from conjugacy.store import claim_output, write_dataset
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,7 @@ def run(
     cond: dict[str, Any], seed: int, acc: dict[str, Any], out: str, condition: str = ""
 ) -> xr.Dataset:
     """Plain and accelerated runs of every configured optimizer, as one store (run, point)."""
+    claim_output(out, "accelerate")
     curves = {}
     for optimizer, lr in acc["optimizers"].items():
         for koopman in (False, True):
@@ -172,5 +173,5 @@ def run(
     )
     with warnings.catch_warnings():  # string coordinates: zarr warns, xarray reads them
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        write_dataset(ds, out)
+        write_dataset(ds, out, role="accelerate")
     return ds

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from conjugacy.config import ConfigError
+from conjugacy.readahead import DEPTH
 
 log = logging.getLogger("conjugacy")
 
@@ -35,6 +36,14 @@ def _int_at_least(minimum: int):
 
 _positive = _int_at_least(1)
 _nonneg = _int_at_least(0)
+
+
+def _seed(text: str) -> int:
+    """argparse type: a seed, 0 <= seed < 2**32 (what every random generator here takes)."""
+    value = _nonneg(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected a seed below 2**32, got {text[:40]!r}")
+    return value
 
 
 def _rank(text: str) -> int | float | str:
@@ -59,6 +68,33 @@ def _rank(text: str) -> int | float | str:
         raise argparse.ArgumentTypeError(expected) from None
 
 
+def _bytes(text: str) -> int:
+    """argparse type: a memory size such as 8G, 512M or 2000000000 (bytes)."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    scale = units.get(text[-1:].upper(), 1)
+    try:
+        value = float(text[:-1] if scale > 1 else text) * scale
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a size such as 8G or 512M, got {text!r}")
+    return int(value)
+
+
+def _spec(text: str) -> dict:
+    """The JSON --spec the workflow passes, held to the config's bounds (finite numbers)."""
+    from conjugacy.config import check_values
+
+    try:
+        spec = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"option --spec: not valid JSON ({exc})") from None
+    if not isinstance(spec, dict):
+        raise ConfigError("option --spec: expected a JSON object")
+    check_values(spec, lambda key: f"option --spec key {key or '<top level>'}", "--spec")
+    return spec
+
+
 def _window(text: str) -> tuple[int, int]:
     try:
         start, stop = (int(v) for v in text.split(":"))
@@ -69,11 +105,9 @@ def _window(text: str) -> tuple[int, int]:
     return start, stop
 
 
-def _pair(text: str) -> tuple[str, str]:
-    parts = text.split(":")
-    if len(parts) != 2 or not all(parts):
-        raise argparse.ArgumentTypeError(f"expected CONDITION_A:CONDITION_B, got {text!r}")
-    return parts[0], parts[1]
+def _pair(text: str) -> tuple[str, ...]:
+    """CONDITION_A:CONDITION_B, split; config.check_verdict_options checks the names (one line)."""
+    return tuple(text.split(":"))
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -81,7 +115,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from conjugacy.train import train
 
     if args.spec is not None:
-        cond = json.loads(args.spec)
+        cond = _spec(args.spec)
         experiment = args.experiment or ""
     else:
         cfg = config.load(args.config)
@@ -124,13 +158,23 @@ def cmd_koopman(args: argparse.Namespace) -> None:
         modes=args.modes,
         readahead=args.readahead,
     )
-    spectrum = run(args.trajectory, args.output, opts, skip_diverged=args.skip_diverged)
+    spectrum = run(
+        args.trajectory,
+        args.output,
+        opts,
+        skip_diverged=args.skip_diverged,
+        max_memory=args.max_memory,
+    )
     log.info("wrote %s: %d eigenvalues", args.output, spectrum.sizes["mode"])
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
     from conjugacy.compare import run
+    from conjugacy.config import check_verdict_options, option_label
 
+    options = {k: getattr(args, k) for k in ("alpha", "max_ratio", "permutations", "correction")}
+    pairs = {"pairs": args.pair} if args.pair is not None else {}
+    check_verdict_options(options | pairs, option_label)  # before any store is read
     table = run(
         args.spectra,
         args.output,
@@ -154,7 +198,7 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from conjugacy import config
     from conjugacy.summary import run
 
-    cfg = json.loads(args.spec) if args.spec is not None else config.load(args.config)
+    cfg = _spec(args.spec) if args.spec is not None else config.load(args.config)
     log.info("wrote %s", run(cfg, args.verdicts, args.benchmarks, args.output))
 
 
@@ -163,7 +207,7 @@ def cmd_companion(args: argparse.Namespace) -> None:
     from conjugacy.accuracy import run_companion
 
     if args.spec is not None:
-        cond = json.loads(args.spec)
+        cond = _spec(args.spec)
     else:
         cfg = config.load(args.config)
         cond = cfg["conditions"].get(args.condition)
@@ -199,8 +243,11 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
 
 
 def cmd_windows(args: argparse.Namespace) -> None:
+    from conjugacy.config import check_verdict_options, option_label
     from conjugacy.windows import run
 
+    options = {k: getattr(args, k) for k in ("alpha", "max_ratio", "permutations", "correction")}
+    check_verdict_options(options, option_label)  # before any store is read
     table = run(
         args.spectra,
         args.output,
@@ -222,7 +269,7 @@ def _predict_source(args: argparse.Namespace) -> tuple[dict, dict]:
     acc_props = pred["properties"]["accelerate"]["properties"]
     defaults["accelerate"] = {k: v["default"] for k, v in acc_props.items() if "default" in v}
     if args.spec is not None:
-        return json.loads(args.spec), defaults
+        return _spec(args.spec), defaults
     cfg = config.load(args.config)
     if args.condition not in cfg["conditions"]:
         raise ConfigError(
@@ -352,7 +399,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
     from conjugacy.verify import verify
 
-    table = verify(args.results)
+    cfg = None
+    if args.config is not None:
+        from conjugacy import config
+
+        cfg = config.load(args.config)
+    table = verify(args.results, cfg)
     if table.empty:
         print(f"no stores under {args.results}", file=sys.stderr)
         return 1
@@ -371,15 +423,37 @@ def _config_source(p: argparse.ArgumentParser, spec_help: str) -> None:
 
 
 def _verdict_options(p: argparse.ArgumentParser, across: str) -> None:
-    """The permutation-test settings of a verdict (config section `compare`)."""
-    p.add_argument("--alpha", type=float, default=0.05)
-    p.add_argument("--max-ratio", type=float, default=1.5)
-    p.add_argument("--permutations", type=int, default=9999)
+    """The permutation-test settings of a verdict (config section `compare`).
+
+    Defaults and bounds are the schema's; config.check_verdict_options checks them.
+    """
+    from conjugacy.config import schema
+
+    props = schema()["properties"]["compare"]["properties"]
+    default = {k: v["default"] for k, v in props.items() if "default" in v}
+    p.add_argument(
+        "--alpha",
+        type=float,
+        default=default["alpha"],
+        help=f"significance level (default {default['alpha']})",
+    )
+    p.add_argument(
+        "--max-ratio",
+        type=float,
+        default=default["max_ratio"],
+        help=f"equivalence margin on W between / W within (default {default['max_ratio']})",
+    )
+    p.add_argument(
+        "--permutations",
+        type=int,
+        default=default["permutations"],
+        help=f"random label permutations (default {default['permutations']})",
+    )
     p.add_argument(
         "--correction",
-        choices=["holm", "bonferroni", "none"],
-        default="holm",
-        help=f"multiple-comparison correction of the p-values across {across} (default holm)",
+        default=default["correction"],
+        help=f"multiple-comparison correction of the p-values across {across}: one of "
+        f"{', '.join(props['correction']['enum'])} (default {default['correction']})",
     )
 
 
@@ -390,7 +464,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train one (condition, seed) and record its trajectory")
     _config_source(t, "resolved condition config as JSON (what the workflow passes)")
     t.add_argument("--condition", required=True, help="condition name")
-    t.add_argument("--seed", type=_nonneg, required=True)
+    t.add_argument("--seed", type=_seed, required=True)
     t.add_argument("--experiment", help="experiment name recorded with --spec")
     t.add_argument("-o", "--output", type=Path, required=True, help="trajectory store to write")
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
@@ -436,8 +510,14 @@ def parser() -> argparse.ArgumentParser:
     k.add_argument(
         "--readahead",
         type=_nonneg,
-        default=2,
-        help="blocks read ahead in threads while computing (0: none; default 1)",
+        default=DEPTH,
+        help=f"blocks read ahead in threads while computing (0: none; default {DEPTH})",
+    )
+    k.add_argument(
+        "--max-memory",
+        type=_bytes,
+        help="stop before reading when the decomposition would need more (e.g. 8G; "
+        "default: the machine's memory)",
     )
     k.add_argument(
         "--skip-diverged",
@@ -569,6 +649,9 @@ def parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("verify", help="check every store of an experiment (reads every chunk)")
     v.add_argument("results", type=Path, help="results/<experiment>")
+    v.add_argument(
+        "--config", type=Path, help="the experiment's config: also report the stores it lacks"
+    )
     v.set_defaults(func=cmd_verify)
     return p
 
@@ -581,8 +664,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args) or 0
     except (ConfigError, StoreError) as exc:
-        print(f"conjugacy {args.command}: error: {exc}", file=sys.stderr)
+        one_line = " ".join(str(exc).split())
+        print(f"conjugacy {args.command}: error: {one_line}", file=sys.stderr)
         return 2
     except OSError as exc:  # disk full, read-only or missing directory
-        print(f"conjugacy {args.command}: error: cannot write or read: {exc}", file=sys.stderr)
+        where = exc.filename or getattr(args, "output", None) or "a file"
+        reason = exc.strerror or str(exc)
+        message = f"cannot write or read {where}: {reason}"
+        print(f"conjugacy {args.command}: error: {message}", file=sys.stderr)
         return 2

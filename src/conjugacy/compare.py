@@ -10,10 +10,10 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from conjugacy.config import ConfigError
+from conjugacy.config import check_verdict_options
 from conjugacy.distance import pairwise
-from conjugacy.stats import CORRECTIONS, corrected, verdict
-from conjugacy.store import StoreError, open_spectrum, read, write_dataset
+from conjugacy.stats import corrected, verdict
+from conjugacy.store import StoreError, claim_output, open_spectrum, read, write_dataset
 
 VERDICT_COLUMNS = [
     "condition_a",
@@ -41,7 +41,13 @@ VERDICT_COLUMNS = [
 def label(path: Path, ds: xr.Dataset) -> tuple[str, int]:
     """(condition, seed) of a spectrum: its attributes, else its path (<condition>/seed<N>.zarr)."""
     if "condition" in ds.attrs and "seed" in ds.attrs and ds.attrs["condition"]:
-        return str(ds.attrs["condition"]), int(ds.attrs["seed"])
+        seed = ds.attrs["seed"]
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise StoreError(
+                f"spectrum store {path}: attribute seed is {str(seed)[:40]!r}; "
+                "expected an integer >= 0"
+            )
+        return str(ds.attrs["condition"]), seed
     match = re.fullmatch(r"seed(\d+)\.zarr", path.name)
     if not match:
         raise StoreError(
@@ -64,8 +70,12 @@ def load_spectra(
         if ds.attrs.get("status") == "excluded":
             excluded[key] = str(ds.attrs.get("excluded", "excluded"))
             continue
+        values = read(ds, "eigenvalues", (slice(None),))
+        if values.size == 0 or not np.isfinite(values).all():
+            what = "no eigenvalues" if values.size == 0 else "eigenvalues that are not finite"
+            raise StoreError(f"spectrum store {p} has {what}: rerun its Koopman stage")
         labels.append(key)
-        spectra.append(read(ds, "eigenvalues", (slice(None),)))
+        spectra.append(values)
     return labels, spectra, excluded
 
 
@@ -137,11 +147,16 @@ def run(
     correction: str = "holm",
 ) -> pd.DataFrame:
     """Write distances.zarr, distances.csv and conjugacy.csv under outdir."""
-    if correction not in CORRECTIONS:
-        raise ConfigError(
-            f"config key compare.correction: {correction!r}; expected one of {list(CORRECTIONS)}"
-        )
+    options = {"alpha": alpha, "max_ratio": max_ratio, "permutations": permutations}
+    options |= {"correction": correction} | ({} if pairs is None else {"pairs": pairs})
+    check_verdict_options(options, lambda k: f"compare.{k}")
+    claim_output(Path(outdir) / "distances.zarr", "distances", inputs=spectra)
     labels, values, excluded = load_spectra(spectra)
+    if pairs is not None:  # every condition of a pair has spectra, before W is computed
+        present = [c for c, _ in [*labels, *excluded]]
+        check_verdict_options(
+            {"pairs": pairs}, lambda k: f"compare.{k}", present, "among the spectra"
+        )
     if pairs is None:
         conds = list(dict.fromkeys(c for c, _ in [*labels, *excluded]))
         pairs = [(a, b) for i, a in enumerate(conds) for b in conds[i + 1 :]]
@@ -151,7 +166,7 @@ def run(
     )
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    write_dataset(distances_dataset(labels, w), outdir / "distances.zarr")
+    write_dataset(distances_dataset(labels, w), outdir / "distances.zarr", role="distances")
     iu = np.triu_indices(len(labels), k=1)
     pd.DataFrame(
         {

@@ -9,9 +9,10 @@ imports it before any job environment exists.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -43,44 +44,255 @@ class ConfigError(ValueError):
     """A config value is wrong; the message names the key and what was expected."""
 
 
-def schema() -> dict[str, Any]:
-    """The JSON schema (also linked as workflow/schemas/config.schema.yaml)."""
+# Bounds of what a config may hold, checked before anything else looks at it:
+# a YAML alias bomb expands a few hundred bytes into billions of values.
+MAX_BYTES = 1 << 20  # of a config file
+MAX_VALUES = 100_000  # values (scalars and containers) after alias expansion
+MAX_DEPTH = 32  # nesting of mappings and lists
+SHORT = 80  # characters of a value quoted in a message
+
+
+def _pieces(value: Any) -> Iterator[str]:
+    """repr(value) piece by piece, lazily: a consumer that stops early never builds the rest."""
+    if isinstance(value, dict):
+        yield "{"
+        for i, (k, v) in enumerate(value.items()):
+            yield from (", " if i else "", *_pieces(k), ": ")
+            yield from _pieces(v)
+        yield "}"
+    elif isinstance(value, list | tuple):
+        yield "[" if isinstance(value, list) else "("
+        for i, v in enumerate(value):
+            yield ", " if i else ""
+            yield from _pieces(v)
+        yield "]" if isinstance(value, list) else ")"
+    elif isinstance(value, str):
+        yield repr(value[: SHORT + 1])[: -1 if len(value) > SHORT else None]
+    elif isinstance(value, int) and value.bit_length() > 256:
+        yield f"<an integer of {value.bit_length()} bits>"
+    else:
+        yield repr(value)[: SHORT + 1]
+
+
+def short(value: Any) -> str:
+    """repr of a value cut to its first SHORT characters and '...'; never the whole repr."""
+    text = ""
+    for piece in _pieces(value):
+        text += piece
+        if len(text) > SHORT:
+            return f"{text[:SHORT]}..."
+    return text
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
     text = resources.files("conjugacy").joinpath("config.schema.yaml").read_text()
-    return yaml.safe_load(text)
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema (also linked as workflow/schemas/config.schema.yaml); a fresh copy."""
+    return copy.deepcopy(_schema())
+
+
+class _TooBig(yaml.YAMLError):
+    """A YAML document that expands to more than MAX_VALUES nodes, or refers to itself."""
+
+
+def _node_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
+
+
+def _expanded_nodes(root: yaml.Node) -> int:
+    """Nodes of a composed document with every alias expanded, counted without expanding.
+
+    Each distinct node is visited once (an alias is the same node object), so
+    this is linear in the size of the file; a recursive alias counts as too many.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, leaving = stack.pop()
+        i = id(node)
+        if leaving:
+            active.discard(i)
+            sizes[i] = 1 + sum(sizes[id(c)] for c in _node_children(node))
+            if sizes[i] > MAX_VALUES:
+                raise _TooBig(f"more than {MAX_VALUES}")
+            continue
+        if i in sizes:
+            continue
+        if i in active:
+            raise _TooBig("an alias refers to a node that contains it")
+        active.add(i)
+        stack.append((node, True))
+        stack.extend((c, False) for c in _node_children(node))
+    return sizes[id(root)]
+
+
+def _duplicate_key(node: yaml.Node) -> yaml.Node | None:
+    """The first key that a mapping of the document repeats (merge keys '<<' aside)."""
+    seen: set[int] = set()
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if id(n) in seen:
+            continue
+        seen.add(id(n))
+        if isinstance(n, yaml.MappingNode):
+            keys = set()
+            for k, _ in n.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if (k.tag, k.value) in keys:
+                        return k
+                    keys.add((k.tag, k.value))
+        stack.extend(_node_children(n))
+    return None
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a document expanding to more than MAX_VALUES nodes."""
+
+    def construct_document(self, node: yaml.Node) -> Any:
+        _expanded_nodes(node)
+        dup = _duplicate_key(node)
+        if dup is not None:
+            raise yaml.MarkedYAMLError(
+                problem=f"key {short(dup.value)} appears twice in one mapping",
+                problem_mark=dup.start_mark,
+            )
+        return super().construct_document(node)
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file and resolve it."""
+    """Read a YAML config file (bounded: size, nodes after alias expansion) and resolve it."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    with path.open() as fh:
-        raw = yaml.safe_load(fh)
+    size = path.stat().st_size
+    if size > MAX_BYTES:
+        raise ConfigError(f"config file {path}: {size} bytes; expected at most {MAX_BYTES}")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            raw = yaml.load(fh, Loader=_BoundedLoader)  # noqa: S506 (a SafeLoader)
+    except _TooBig as exc:
+        raise ConfigError(
+            f"config file {path}: too many YAML nodes (alias expansion?): {exc}"
+        ) from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ConfigError(f"config file {path}: not valid YAML{where}: {exc.problem}") from None
+    except (yaml.YAMLError, ValueError, RecursionError) as exc:  # ValueError: a 5000-digit int
+        what = "nested too deeply" if isinstance(exc, RecursionError) else short(str(exc))
+        raise ConfigError(f"config file {path}: not valid YAML: {what}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(raw).__name__}")
     return resolve(raw)
 
 
-def _key(path: Any) -> str:
-    return ".".join(str(p) for p in path) or "<top level>"
+def _config_label(path: str) -> str:
+    return f"config key {path or '<top level>'}"
 
 
-def _validate(instance: Any, sch: dict[str, Any], root: dict[str, Any], prefix: list) -> None:
-    validator = jsonschema.Draft202012Validator(
-        {**sch, "$defs": root["$defs"]} if "$defs" not in sch else sch
-    )
+def check_values(raw: Any, label: Callable[[str], str] = _config_label, what: str = "config"):
+    """Bounds every value of a raw config (or option set) before it is validated or copied.
+
+    At most MAX_VALUES values after YAML alias expansion (counted without
+    expanding: a shared list is visited once), nested at most MAX_DEPTH deep,
+    no container that contains itself, string keys, and no NaN or infinity
+    anywhere. `label(dotted path)` names the offending key.
+    """
+    sizes: dict[int, int] = {}
+    active: set[int] = set()
+    stack: list[tuple[Any, tuple, bool]] = [(raw, (), False)]
+    while stack:
+        obj, path, leaving = stack.pop()
+        if isinstance(obj, float) and not math.isfinite(obj):
+            raise ConfigError(f"{label(_dotted(path))}: {obj} is not a finite number")
+        if not isinstance(obj, dict | list | tuple):
+            continue
+        i = id(obj)
+        items = list(obj.items()) if isinstance(obj, dict) else list(enumerate(obj))
+        if leaving:
+            active.discard(i)
+            sizes[i] = 1 + sum(sizes.get(id(v), 1) for _, v in items)
+            if sizes[i] > MAX_VALUES:
+                raise ConfigError(
+                    f"{what} holds more than {MAX_VALUES} values (YAML alias expansion?)"
+                )
+            continue
+        if i in sizes:
+            continue
+        if i in active:
+            raise ConfigError(f"{label(_dotted(path))}: the value contains itself")
+        if len(path) >= MAX_DEPTH:
+            raise ConfigError(f"{label(_dotted(path))}: nested more than {MAX_DEPTH} levels deep")
+        if isinstance(obj, dict):
+            for k in obj:
+                if not isinstance(k, str):
+                    raise ConfigError(f"{label(_dotted(path))}: key {short(k)} is not a string")
+        active.add(i)
+        stack.append((obj, path, True))
+        stack.extend((v, (*path, k), False) for k, v in reversed(items))
+
+
+def _dotted(path: Iterable) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _plain(value: Any) -> Any:
+    """A copy that shares nothing (tuples become lists); call after check_values bounded it."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+# Draft 2020-12 counts 10.0 as an integer; the code downstream (range, shapes) does not.
+_Validator = jsonschema.validators.extend(
+    jsonschema.Draft202012Validator,
+    type_checker=jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _, v: isinstance(v, int) and not isinstance(v, bool)
+    ),
+)
+
+
+def _schema_message(err: jsonschema.ValidationError) -> str:
+    """err.message with the value quoted short (it embeds the whole repr of the value)."""
+    message = err.message
+    if isinstance(err.instance, dict | list | str | int):
+        full = repr(err.instance)  # bounded: check_values ran first
+        if len(full) > SHORT:
+            message = message.replace(full, short(err.instance))
+    return message if len(message) <= 3 * SHORT else f"{message[: 3 * SHORT]}..."
+
+
+def _validate(
+    instance: Any,
+    sch: dict[str, Any],
+    root: dict[str, Any],
+    prefix: list,
+    label: Callable[[str], str] = _config_label,
+) -> None:
+    validator = _Validator({**sch, "$defs": root["$defs"]} if "$defs" not in sch else sch)
     errors = sorted(validator.iter_errors(instance), key=lambda e: list(e.absolute_path))
     if errors:
         err = errors[0]
-        key = _key(prefix + list(err.absolute_path))
+        where = label(_dotted(prefix + list(err.absolute_path)))
+        message = _schema_message(err)
         if err.validator in ("oneOf", "anyOf") and "description" in err.schema:
-            raise ConfigError(
-                f"config key {key}: {err.message}; expected {err.schema['description']}"
-            )
+            raise ConfigError(f"{where}: {message}; expected {err.schema['description']}")
         if err.validator == "additionalProperties":
             allowed = sorted(err.schema.get("properties", {}))
-            raise ConfigError(f"config key {key}: {err.message}; allowed keys: {allowed}")
-        raise ConfigError(f"config key {key}: {err.message}")
+            raise ConfigError(f"{where}: {message}; allowed keys: {allowed}")
+        raise ConfigError(f"{where}: {message}")
 
 
 def _deref(sch: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
@@ -105,8 +317,9 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     Every condition in the result carries its own `seeds` and full `koopman`
     block, so a stage needs nothing but its condition's entry.
     """
-    root = schema()
-    cfg = copy.deepcopy(raw)
+    check_values(raw)  # before anything copies, dumps or quotes it
+    root = _schema()
+    cfg = _plain(raw)
     _validate(cfg, root, root, [])
     _fill_defaults(cfg, root, root)
     for name, cond in cfg["conditions"].items():
@@ -119,7 +332,11 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
         cond.setdefault("seeds", list(cfg["seeds"]))
         cond["koopman"] = {**cfg["koopman"], **own_koopman}
         _check_condition(name, cond)
-    _check_pairs(cfg)
+    check_verdict_options(
+        cfg["compare"],
+        lambda k: _config_label(f"compare.{k}" if k else "compare"),
+        cfg["conditions"],
+    )
     if "predict" in cfg:
         _check_predict(cfg)
     if "prune" in cfg:
@@ -258,17 +475,47 @@ def condition_pairs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     return [(a, b) for a, b in pairs]
 
 
-def _check_pairs(cfg: dict[str, Any]) -> None:
-    names = set(cfg["conditions"])
-    for i, pair in enumerate(cfg["compare"].get("pairs") or []):
-        for side in pair:
-            if side not in names:
+def option_label(key: str) -> str:
+    """The command-line option of a verdict setting (alpha: --alpha, pairs.0: --pair)."""
+    top = key.split(".", 1)[0]
+    if not top:
+        return "options"
+    return f"option --{'pair' if top == 'pairs' else top.replace('_', '-')}"
+
+
+def check_verdict_options(
+    options: dict[str, Any],
+    label: Callable[[str], str],
+    conditions: Iterable[str] | None = None,
+    defined: str = "defined",
+) -> None:
+    """Check the settings of a verdict: the config's `compare` section or the same options.
+
+    One check for the config (config key compare.*), the `compare` and
+    `windows` commands (option --alpha, ...) and compare.run/windows.run:
+    alpha, max_ratio, permutations and correction against the bounds of the
+    schema's `compare` section, no NaN or infinity, and each pair two
+    different condition names, among `conditions` when given. `label(key)`
+    names the offending setting (key is e.g. 'alpha' or 'pairs.0').
+    """
+    check_values(options, label, what="the verdict options")
+    root = _schema()
+    opts = _plain(options)
+    _validate(opts, root["properties"]["compare"], root, [], label)
+    names = None if conditions is None else sorted(set(conditions))
+    seen: set[frozenset] = set()
+    for i, (a, b) in enumerate(opts.get("pairs") or []):
+        where = label(f"pairs.{i}")
+        for side in (a, b):
+            if names is not None and side not in names:
                 raise ConfigError(
-                    f"config key compare.pairs.{i}: condition {side!r} is not defined; "
-                    f"expected one of {sorted(names)}"
+                    f"{where}: condition {side!r} is not {defined}; expected one of {names}"
                 )
-        if pair[0] == pair[1]:
-            raise ConfigError(f"config key compare.pairs.{i}: a condition is paired with itself")
+        if a == b:
+            raise ConfigError(f"{where}: condition {a!r} is paired with itself")
+        if frozenset((a, b)) in seen:
+            raise ConfigError(f"{where}: {a!r} and {b!r} are paired twice; expected each pair once")
+        seen.add(frozenset((a, b)))
 
 
 def _check_condition(name: str, cond: dict[str, Any]) -> None:
@@ -296,7 +543,7 @@ def _check_condition(name: str, cond: dict[str, Any]) -> None:
         for tensor in cond["record"]:
             if tensor not in shapes:
                 raise ConfigError(
-                    f"config key {key}.record: the model has no tensor {tensor!r}; "
+                    f"config key {key}.record: the model has no tensor {short(tensor)}; "
                     f"available: {sorted(shapes)}"
                 )
         recorded = {t: shapes[t] for t in cond["record"]}
@@ -361,9 +608,14 @@ def _check_data_dir(cond: dict[str, Any], key: str) -> None:
             f"config key {key}.data_dir: dataset {cond['dataset']} needs it; {expected}"
         )
     folder = Path(data_dir)
+    shown = str(folder) if len(str(folder)) <= 3 * SHORT else short(str(folder))
     for name in files:
-        if not ((folder / name).is_file() or (folder / f"{name}.gz").is_file()):
-            raise ConfigError(f"config key {key}.data_dir: {folder} has no {name}; {expected}")
+        try:
+            found = (folder / name).is_file() or (folder / f"{name}.gz").is_file()
+        except OSError:  # a name too long for the file system, say
+            found = False
+        if not found:
+            raise ConfigError(f"config key {key}.data_dir: {shown} has no {name}; {expected}")
 
 
 def _check_transformer(cond: dict[str, Any], key: str) -> None:
@@ -404,13 +656,22 @@ def check_koopman(
     for obs in observables:
         if obs not in shapes:
             raise ConfigError(
-                f"{label('observables')}: no recorded tensor {obs!r}; available: {sorted(shapes)}"
+                f"{label('observables')}: no recorded tensor {short(obs)}; "
+                f"available: {sorted(shapes)}"
             )
     window = kcfg.get("window")
     if window is not None:
         start, stop = window
-        if not start < stop:
-            raise ConfigError(f"{label('window')}: expected [start, stop) with start < stop")
+        if not 0 <= start < stop:
+            raise ConfigError(
+                f"{label('window')}: [{start}, {stop}); expected [start, stop) with "
+                "0 <= start < stop"
+            )
+        if steps and stop - 1 > steps[-1]:
+            raise ConfigError(
+                f"{label('window')}: [{start}, {stop}) ends past the last recorded step "
+                f"{steps[-1]}; expected stop <= {steps[-1] + 1}"
+            )
         steps = [s for s in steps if start <= s < stop]
     n_snap = len(steps)
     delays = kcfg.get("delays", 0)

@@ -42,6 +42,19 @@ VARIANTS = ("exact", "tls", "fb")
 RANK_RULES = ("full", "gd")  # besides a positive integer and an energy fraction in (0, 1)
 
 
+class DMDError(ValueError):
+    """The data admit no DMD (all zero, or too large to square in float64); says why."""
+
+
+def require_finite(m: np.ndarray) -> None:
+    """An accumulated product matrix must be finite: inf or NaN means the data overflowed."""
+    if not np.isfinite(m).all():
+        raise DMDError(
+            "the products of the snapshots overflow float64 (values too large to square); "
+            "rescale the data"
+        )
+
+
 @dataclass
 class DMDResult:
     eigenvalues: np.ndarray  # (rank,) complex128
@@ -96,6 +109,7 @@ def leading_eigh(
     dsyevr, for fewer vectors (n = 3250, r = 10: 1.3 s instead of 4.3 s,
     eigenvalues equal to 1e-14). Without a bound, or a large one, it is dsyevr.
     """
+    require_finite(m)
     n = m.shape[0]
     if most is None or most > n // 4 or n < 64:
         lam, vec = eigh_desc(m, overwrite)
@@ -153,7 +167,7 @@ def select_rank(
     """
     numerical = int(np.count_nonzero(s > tol * s[0])) if s.size and s[0] > 0 else 0
     if numerical == 0:
-        raise ValueError("the snapshot matrix is zero: no DMD is possible")
+        raise DMDError("every snapshot is zero: there are no dynamics to decompose")
     if rank == "full":
         return numerical
     if rank == "gd":

@@ -12,6 +12,7 @@ from the accumulated covariance (the others).
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import zarr
 from conjugacy.backend import NumpyBackend, TorchBackend, backend
 from conjugacy.config import ConfigError, check_koopman
 from conjugacy.dmd import (
+    DMDError,
     DMDResult,
     condition_number,
     dmd_dense,
@@ -31,13 +33,22 @@ from conjugacy.dmd import (
     leading_eigh,
     needs_qr,
     rank_bound,
+    require_finite,
     select_rank,
     squared_tol,
     tsqr_update,
 )
 from conjugacy.observables import BUDGET, Observable, lift, lift_gram_inplace
 from conjugacy.readahead import DEPTH
-from conjugacy.store import CHECKSUM, open_trajectory, seal, tensor_variables, write_dataset
+from conjugacy.store import (
+    CHECKSUM,
+    StoreError,
+    claim_output,
+    open_trajectory,
+    seal,
+    tensor_variables,
+    write_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -229,10 +240,59 @@ def pca_scores(gram: np.ndarray, k: int) -> np.ndarray:
     PCA(k).fit_transform of the pooled snapshots: centred by the snapshot
     mean, with no further centring afterwards.
     """
+    require_finite(gram)
     centred = gram - gram.mean(axis=0)[None, :] - gram.mean(axis=1)[:, None] + gram.mean()
     lam, vec = np.linalg.eigh((centred + centred.T) / 2)
     lam, vec = np.clip(lam[::-1][:k], 0.0, None), vec[:, ::-1][:, :k]
     return vec * np.sqrt(lam)[None, :]
+
+
+def machine_memory() -> int:
+    """Bytes of memory this machine has: the default bound of a decomposition."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def peak_bytes(inits: int, steps: int, values: int, delays: int, pca: int | None) -> int:
+    """An estimate of a decomposition's peak memory, from the sizes alone (before any read).
+
+    The squared matrix dominates: three (inits * steps)^2 float64 matrices on
+    the Gram and PCA routes, the lag products and three lifted-dimension
+    squares on the covariance route; plus the blocks read at a time.
+    """
+    lifted = (pca or values) * (delays + 1)
+    pairs = inits * (steps - delays - 1)
+    if pca is not None or lifted > pairs:
+        squares = 3 * (inits * steps) ** 2
+    else:
+        squares = (delays + 2) ** 2 * values**2 + 3 * lifted**2
+    return 8 * (squares + 3 * BUDGET)
+
+
+def check_memory(ds: xr.Dataset, names: list[str], opts: KoopmanOptions, limit: int, path) -> None:
+    """Stop before reading when the decomposition would need more than `limit` bytes."""
+    steps = [int(s) for s in ds["step"].values]
+    if opts.window is not None:
+        steps = [s for s in steps if opts.window[0] <= s < opts.window[1]]
+    values = sum(int(np.prod(ds[n].shape[2:], dtype=np.int64)) for n in names)
+    need = peak_bytes(ds.sizes["init"], len(steps), values, opts.delays, opts.pca)
+    if need > limit:
+        raise StoreError(
+            f"trajectory store {path}: the decomposition would need about {need / 2**30:.1f} GiB "
+            f"({ds.sizes['init']} inits x {len(steps)} snapshots x {values} values), more than "
+            f"the {limit / 2**30:.1f} GiB allowed (--max-memory); use a window, PCA or fewer "
+            "observables, or raise --max-memory"
+        )
+
+
+def check_dtypes(ds: xr.Dataset, names: list[str], path) -> None:
+    """Observables must be real numbers: the DMD of this project is over the reals."""
+    for name in names:
+        kind = ds[name].dtype.kind
+        if kind not in "fiub":
+            raise StoreError(
+                f"trajectory store {path}: variable {name!r} has dtype {ds[name].dtype}; "
+                "expected real numbers (float or integer)"
+            )
 
 
 def _wanted(rank: int | float | str, result: DMDResult) -> int | str:
@@ -362,14 +422,22 @@ def excluded_dataset(ds: xr.Dataset, attrs: dict[str, Any]) -> xr.Dataset:
 
 
 def run(
-    trajectory: str | Path, out: str | Path, opts: KoopmanOptions, skip_diverged: bool = False
+    trajectory: str | Path,
+    out: str | Path,
+    opts: KoopmanOptions,
+    skip_diverged: bool = False,
+    max_memory: int | None = None,
 ) -> xr.Dataset:
     """Open, check the options against the store, decompose, and write the spectrum store.
 
     A diverged trajectory is refused, or with `skip_diverged` (as the
     workflow asks) answered by an `excluded` spectrum for compare to report.
     With `modes`, the store also gets the `modes` array and is sealed after it.
+    Everything is checked before any data is read: the output path, the
+    options, the dtypes and the memory the decomposition would need
+    (at most `max_memory` bytes, default what the machine has).
     """
+    claim_output(out, "spectrum", inputs=[trajectory])
     ds = open_trajectory(trajectory, allow_diverged=skip_diverged)
     available = tensor_variables(ds)
     shapes = {n: tuple(ds[n].shape[2:]) for n in available}
@@ -386,6 +454,8 @@ def run(
             f"option --modes (store {trajectory}): modes are of the observables' values, "
             "not of PCA scores; expected --modes without --pca"
         )
+    check_dtypes(ds, list(names), trajectory)
+    check_memory(ds, list(names), opts, max_memory or machine_memory(), trajectory)
     backend(opts.device)  # a missing GPU is an error before any data is read
     settings = {
         "observables": list(names),
@@ -401,18 +471,22 @@ def run(
     if ds.attrs.get("status") == "diverged":
         spectrum = excluded_dataset(ds, attrs)
         log.warning("%s: %s; wrote an excluded spectrum", trajectory, spectrum.attrs["excluded"])
-        write_dataset(spectrum, out, status="excluded")
+        write_dataset(spectrum, out, role="spectrum", status="excluded")
         return spectrum
     obs = Observable(ds, list(names), opts.window, readahead=opts.readahead)
-    result, facts = decompose(obs, opts)
+    try:
+        result, facts = decompose(obs, opts)
+    except DMDError as exc:
+        raise StoreError(f"trajectory store {trajectory}: {exc}") from None
     spectrum = spectrum_dataset(result, {**attrs, **facts})
     if not opts.modes:
-        write_dataset(spectrum, out)
+        write_dataset(spectrum, out, role="spectrum")
         return spectrum
-    write_dataset(spectrum, out, status="incomplete")  # sealed once the modes are in
+    write_dataset(
+        spectrum, out, role="spectrum", status="incomplete"
+    )  # sealed once the modes are in
     group = zarr.open_group(Path(out), mode="r+", zarr_format=3)
     write_modes(group, obs, result, opts.delays)
-    group.attrs["mode_values"] = {n: obs.sizes[n] for n in obs.names}
-    seal(group, "complete")
+    seal(group, "complete", mode_values={n: obs.sizes[n] for n in obs.names})
     log.info("wrote modes (%d x %d) into %s", result.rank, obs.dim, out)
     return spectrum

@@ -27,6 +27,7 @@ from conjugacy.koopman import KoopmanOptions, decompose
 from conjugacy.observables import Observable
 from conjugacy.store import (
     StoreError,
+    claim_output,
     open_store,
     open_trajectory,
     read,
@@ -245,6 +246,7 @@ def monitor(ds: xr.Dataset, opts: MonitorOptions) -> xr.Dataset:
 def run(trajectory: str | Path, out: str | Path, opts: MonitorOptions) -> xr.Dataset:
     """Check the options against the store, compute the monitor, write it as a Zarr store."""
     check_options(opts)
+    claim_output(out, "monitor", inputs=[trajectory])
     ds = open_trajectory(trajectory)
     available = tensor_variables(ds)
     check_koopman(
@@ -255,7 +257,7 @@ def run(trajectory: str | Path, out: str | Path, opts: MonitorOptions) -> xr.Dat
         label=lambda key: f"option --{key} (store {trajectory})",
     )
     result = monitor(ds, opts)
-    write_dataset(result, out)
+    write_dataset(result, out, role="monitor")
     log.info(
         "%s: %d windows, converged at step %s, validation plateau at step %s, first unstable %s",
         trajectory,

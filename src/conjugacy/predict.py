@@ -32,7 +32,14 @@ import xarray as xr
 
 from conjugacy.config import check_predict
 from conjugacy.dmd import EPS, select_rank
-from conjugacy.store import StoreError, open_trajectory, read, tensor_variables, write_dataset
+from conjugacy.store import (
+    StoreError,
+    claim_output,
+    open_trajectory,
+    read,
+    tensor_variables,
+    write_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -284,6 +291,7 @@ def run(
     from conjugacy.train import make_system
 
     trajectory = Path(trajectory)
+    claim_output(out, "predict", inputs=[trajectory])
     check_predict(
         {"start": opts.start, "windows": list(opts.windows), "jumps": list(opts.jumps)},
         cond,
@@ -380,7 +388,7 @@ def run(
     )
     with warnings.catch_warnings():  # string coordinates: zarr warns, xarray reads them
         warnings.filterwarnings("ignore", message=".*does not have a Zarr V3 specification")
-        write_dataset(result, out)
+        write_dataset(result, out, role="predict")
     return result
 
 

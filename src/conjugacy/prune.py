@@ -23,7 +23,14 @@ import xarray as xr
 
 from conjugacy.config import ConfigError
 from conjugacy.monitor import evaluation_data, fcn_metrics, fcn_parameters
-from conjugacy.store import StoreError, open_store, open_trajectory, read, write_dataset
+from conjugacy.store import (
+    StoreError,
+    claim_output,
+    open_store,
+    open_trajectory,
+    read,
+    write_dataset,
+)
 
 log = logging.getLogger(__name__)
 
@@ -276,6 +283,7 @@ def prune(ds: xr.Dataset, opts: PruneOptions) -> xr.Dataset:
 def run(trajectory: str | Path, out: str | Path, opts: PruneOptions) -> xr.Dataset:
     """Check the options against the store, prune, and write the prune store."""
     check_sparsities(opts.sparsities)
+    claim_output(out, "prune", inputs=[trajectory])
     ds = open_trajectory(trajectory)
     check_options(
         opts,
@@ -283,7 +291,7 @@ def run(trajectory: str | Path, out: str | Path, opts: PruneOptions) -> xr.Datas
         label=lambda k: f"option --{k.replace('_', '-')} (store {trajectory})",
     )
     result = prune(ds, opts)
-    write_dataset(result, out)
+    write_dataset(result, out, role="prune")
     return result
 
 

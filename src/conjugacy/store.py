@@ -8,7 +8,14 @@ a trajectory never has to fit in memory.
 
 Integrity: every chunk of every store carries a CRC32C checksum (verified by
 zarr on each read), and the attributes written last hold `status` and, per
-variable, the number of chunks it must have; a killed job leaves neither.
+variable, the number of chunks it must have. Every store this project writes
+carries a `role` attribute from its creation on, so a store killed before its
+seal is known as ours and refused; a store without `role` or `integrity` was
+written by another program and is accepted as foreign.
+
+Outputs: a store is (re)written only where nothing stands, or where a store
+of the same role written by this project stands (`claim_output`); a user's
+folder, a store of another role or an input is never replaced.
 """
 
 from __future__ import annotations
@@ -40,6 +47,59 @@ warnings.filterwarnings("ignore", message=r".*\.snakemake_timestamp.*")
 
 class StoreError(ValueError):
     """A store is missing, malformed or not what the stage expects; names the store."""
+
+
+def _inside(a: Path, b: Path) -> bool:
+    """Whether path a is b or lies inside it (both resolved)."""
+    return a == b or b in a.parents
+
+
+def store_role(path: Path) -> str | None:
+    """The `role` attribute of a store this project wrote, read from its root metadata."""
+    import json
+
+    try:
+        meta = json.loads((path / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    attrs = meta.get("attributes") if isinstance(meta, dict) else None
+    role = attrs.get("role") if isinstance(attrs, dict) else None
+    return role if isinstance(role, str) else None
+
+
+def claim_output(
+    path: str | Path, role: str, inputs: tuple[str | Path, ...] | list[str | Path] = ()
+) -> Path:
+    """Check, before any work, that a `role` store may be written at `path`.
+
+    Allowed: nothing there, an empty folder, or a store of the same role that
+    this project wrote (it is replaced). Refused, naming the path: a file, a
+    folder with other content, a store of another role or of another
+    program, and a path equal to, inside or around one of the inputs.
+    """
+    path = Path(path)
+    where = path.resolve()
+    for source in inputs:
+        src = Path(source).resolve()
+        if _inside(where, src) or _inside(src, where):
+            raise StoreError(
+                f"output {path} is (or holds, or lies inside) the input {source}; "
+                "choose another output path"
+            )
+    if not path.exists() and not path.is_symlink():
+        return path
+    if not path.is_dir():
+        raise StoreError(f"output {path} exists and is not a {role} store; nothing was written")
+    if not any(path.iterdir()):
+        return path
+    found = store_role(path)
+    if found != role:
+        what = f"is a {found} store" if found else "holds files conjugacy did not write"
+        raise StoreError(
+            f"output {path} {what}, not a {role} store; move it away or choose another "
+            "output path (nothing was written)"
+        )
+    return path
 
 
 def package_versions() -> dict[str, str]:
@@ -132,7 +192,10 @@ class TrajectoryWriter:
                 dimension_names=(coord,),
             )
             arr[:] = values
-        group.attrs.update({**attrs, "status": "incomplete", "versions": package_versions()})
+        # One metadata write (attrs.update would write the file once per key).
+        group.update_attributes(
+            {**attrs, "role": "trajectory", "status": "incomplete", "versions": package_versions()}
+        )
         return group
 
     def write(self, start: int, tensors: Mapping[str, np.ndarray], loss: np.ndarray) -> None:
@@ -153,7 +216,7 @@ def seal(group: zarr.Group, status: str, **extra: Any) -> None:
     """Write the integrity attribute (chunks per variable) and the status, last."""
     arrays = sorted(group.arrays(), key=lambda item: item[0])  # listing order varies
     integrity = {name: int(arr.nchunks_initialized) for name, arr in arrays}
-    group.attrs.update({**extra, "integrity": integrity, "status": status})
+    group.update_attributes({**extra, "integrity": integrity, "status": status})  # one write
 
 
 def _damaged_metadata(path: Path) -> str | None:
@@ -182,13 +245,18 @@ def open_store(path: str | Path, kind: str) -> xr.Dataset:
         where = f": the metadata of {node!r} is damaged" if node else ""
         raise StoreError(f"{kind} store {path} cannot be read{where} ({exc})") from exc
     ds.encoding["source"] = str(path)  # for messages about this store
+    if "role" in ds.attrs and "integrity" not in ds.attrs:
+        raise StoreError(
+            f"{kind} store {path} is {ds.attrs.get('status', 'incomplete')!r} and was never "
+            "sealed (its writer was interrupted): rerun the stage that writes it"
+        )
     return ds
 
 
 def check_integrity(ds: xr.Dataset, path: str | Path, kind: str) -> None:
     """Every variable must have as many chunks as when the store was sealed."""
     expected = ds.attrs.get("integrity")
-    if expected is None:  # written by another program: nothing to check against
+    if expected is None:  # written by another program (open_store refused ours unsealed)
         return
     group = zarr.open_group(Path(path), mode="r", zarr_format=3)
     for name, count in expected.items():
@@ -250,9 +318,15 @@ def open_trajectory(path: str | Path, allow_diverged: bool = False) -> xr.Datase
     return ds
 
 
-def write_dataset(ds: xr.Dataset, path: str | Path, status: str = "complete") -> None:
-    """Write a small dataset as a checksummed Zarr v3 store (spectra, distances), sealed last."""
+def write_dataset(ds: xr.Dataset, path: str | Path, role: str, status: str = "complete") -> None:
+    """Write a small dataset as a checksummed Zarr v3 store (spectra, distances), sealed last.
+
+    The store says its role and `incomplete` from its first write on, so a
+    writer killed before the seal leaves a store every reader refuses.
+    """
+    claim_output(path, role)
     encoding = {name: {"compressors": CHECKSUM} for name in ds.variables}
+    ds = ds.assign_attrs(role=role, status="incomplete")
     ds.to_zarr(Path(path), mode="w", consolidated=False, zarr_format=3, encoding=encoding)
     seal(zarr.open_group(Path(path), mode="r+", zarr_format=3), status)
 

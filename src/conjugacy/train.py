@@ -2,11 +2,13 @@
 
 The store is built in a working directory outside the declared output
 (Snakemake deletes a declared output before a job runs), next to a
-checkpoint of the training state taken every `checkpoint_every` steps. A
-job killed or out of wall time resumes from its last checkpoint, and only a
-finished store is moved to the output path, so a partial store never stands
-where a complete one is expected. Training stops at the first non-finite
-loss or recorded parameter and seals the store as `diverged`.
+checkpoint of the training state taken every `checkpoint_every` steps
+(arrays and JSON, never a pickle). A job killed or out of wall time resumes
+from its last checkpoint, and only a finished store is moved to the output
+path, so a partial store never stands where a complete one is expected.
+Training stops at the first non-finite loss or recorded parameter and seals
+the store as `diverged`. The output and the working directory are checked
+before any work: neither may hold anything this project did not write.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from __future__ import annotations
 import bisect
 import logging
 import os
-import pickle
 import shutil
 from pathlib import Path
 from typing import Any
@@ -22,15 +23,14 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from conjugacy import checkpoint
+from conjugacy.checkpoint import STORE
 from conjugacy.config import ConfigError, training_config, training_json
 from conjugacy.recorder import Recorder, block_steps
-from conjugacy.store import TrajectoryWriter
+from conjugacy.store import TrajectoryWriter, claim_output
 from conjugacy.systems.shapes import recorded_snapshots, tensor_shapes
 
 log = logging.getLogger(__name__)
-
-STORE = "trajectory.zarr"
-STATE = "state.pkl"
 
 
 def make_system(cond: dict[str, Any], seed: int):
@@ -73,30 +73,6 @@ def working_dir(out: Path, checkpoint_dir: str | Path | None) -> Path:
     return Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".partial")
 
 
-def save_checkpoint(work: Path, key: str, next_step: int, system) -> None:
-    """The training state after `next_step` updates, replaced atomically."""
-    tmp = work / (STATE + ".tmp")
-    with tmp.open("wb") as fh:
-        pickle.dump({"key": key, "next_step": next_step, "system": system.state()}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, work / STATE)
-
-
-def load_checkpoint(work: Path, key: str) -> dict[str, Any] | None:
-    """The last checkpoint of this exact training (config and seed), if there is one."""
-    path = work / STATE
-    if not (path.is_file() and (work / STORE).is_dir()):
-        return None
-    try:
-        with path.open("rb") as fh:
-            state = pickle.load(fh)
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        log.warning("ignoring unreadable checkpoint %s: %s", path, exc)
-        return None
-    return state if state.get("key") == key else None
-
-
 def first_bad(loss: np.ndarray, snapshot: dict[str, np.ndarray] | None) -> str | None:
     """Why a step is not finite (loss or a recorded tensor), or None.
 
@@ -128,7 +104,7 @@ def _run(system, recorder, start, total, every, ckpt, progress, work, key, condi
             return
         if ckpt and t < total and (t + 1) % ckpt == 0:
             recorder.flush()
-            save_checkpoint(work, key, t + 1, system)
+            checkpoint.save(work, key, t + 1, system.state())
     recorder.close()
 
 
@@ -143,17 +119,18 @@ def train(
 ) -> Path:
     """Run every init of one seed for cond['steps'] updates; the store ends up at `out`."""
     out = Path(out)
+    work = working_dir(out, checkpoint_dir)
+    claim_output(out, "trajectory", inputs=[work])
+    checkpoint.claim(work)
     system, dtype = make_system(cond, seed)
     shapes = tensor_shapes(cond)
     record = cond.get("record", sorted(shapes))
     steps = recorded_snapshots(cond)
-    work = working_dir(out, checkpoint_dir)
     key = f"{training_json(cond)}|seed={seed}"
-    state = load_checkpoint(work, key)
+    state = checkpoint.load(work, key)
     start = 0
     if state is None:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
+        checkpoint.clear(work)
     else:
         system.load_state(state["system"])
         start = state["next_step"]
@@ -182,8 +159,8 @@ def train(
         _run(system, recorder, start, total, every, ckpt, progress, work, key, condition, seed)
     finally:
         recorder.stop()  # a failed step must not leave the writer thread waiting
-    if out.exists():
-        shutil.rmtree(out)
+    if out.exists():  # a trajectory store of ours (claim_output checked it)
+        shutil.rmtree(claim_output(out, "trajectory"))
     os.replace(work / STORE, out)
-    shutil.rmtree(work)
+    checkpoint.release(work)
     return out

@@ -1,9 +1,12 @@
 """`conjugacy verify`: check every store of an experiment, reading every chunk.
 
-Each chunk's CRC32C is checked by zarr as it is read; a trajectory must also
-be sealed (complete or diverged), have every chunk it was sealed with, and,
-when complete, hold only finite values. Leftover working directories of
-interrupted trainings are reported too (rerunning the workflow resumes them).
+Each chunk's CRC32C is checked by zarr as it is read; a store of ours must
+also be sealed and have every chunk it was sealed with; a complete
+trajectory must hold only finite values and a spectrum only finite
+eigenvalues. Stores the experiment should have but lacks are reported (those
+the config names, when it is given, else a spectrum without its trajectory
+or the other way round), and so are leftover working directories of
+interrupted trainings (rerunning the workflow resumes them).
 """
 
 from __future__ import annotations
@@ -15,7 +18,14 @@ import numpy as np
 import pandas as pd
 import zarr
 
-from conjugacy.store import StoreError, open_spectrum, open_store, open_trajectory
+from conjugacy.store import (
+    StoreError,
+    check_integrity,
+    open_spectrum,
+    open_store,
+    open_trajectory,
+    read,
+)
 
 
 def _read_every_chunk(path: Path, finite: bool) -> None:
@@ -40,7 +50,14 @@ def check(path: Path, kind: str) -> str:
         status = ds.attrs.get("status", "complete")
         _read_every_chunk(path, finite=status == "complete")
         return status
-    ds = open_spectrum(path) if kind == "spectrum" else open_store(path, kind)
+    if kind == "spectrum":
+        ds = open_spectrum(path)
+        eigenvalues = read(ds, "eigenvalues", (slice(None),))
+        if not np.isfinite(eigenvalues).all():
+            raise StoreError(f"spectrum store {path}: eigenvalues are not all finite (NaN or inf)")
+    else:
+        ds = open_store(path, kind)
+        check_integrity(ds, path, kind)
     _read_every_chunk(path, finite=False)
     return ds.attrs.get("status", "complete")
 
@@ -64,10 +81,41 @@ def stores(results: Path) -> list[tuple[Path, str]]:
     return [(p, kind) for pattern, kind in LAYOUT for p in sorted(results.glob(pattern))]
 
 
-def verify(results: str | Path) -> pd.DataFrame:
-    """One row per store (and per leftover working directory): path, kind, status, problem."""
-    results = Path(results)
+def expected_runs(results: Path, cfg: dict | None) -> set[tuple[str, int]]:
+    """(condition, seed) of every run: the config's, else those seen in trajectories or spectra."""
+    if cfg is not None:
+        return {(c, int(s)) for c, cond in cfg["conditions"].items() for s in cond["seeds"]}
+    runs = set()
+    for pattern in ("trajectories/*/seed*.zarr", "spectra/*/seed*.zarr"):
+        for path in results.glob(pattern):
+            seed = path.name.removeprefix("seed").removesuffix(".zarr")
+            if seed.isdigit():
+                runs.add((path.parent.name, int(seed)))
+    return runs
+
+
+def missing(results: Path, cfg: dict | None) -> list[dict[str, str]]:
+    """A row for each trajectory or spectrum store the experiment should have but lacks."""
     rows = []
+    for condition, seed in sorted(expected_runs(results, cfg)):
+        for folder, kind in (("trajectories", "trajectory"), ("spectra", "spectrum")):
+            path = results / folder / condition / f"seed{seed}.zarr"
+            if not path.exists():
+                problem = f"{kind} store of condition {condition!r} seed {seed} is missing"
+                rows.append(
+                    {"store": str(path), "kind": kind, "status": "missing", "problem": problem}
+                )
+    return rows
+
+
+def verify(results: str | Path, cfg: dict | None = None) -> pd.DataFrame:
+    """One row per store (and per missing store and leftover working directory).
+
+    Columns: path, kind, status, problem. `cfg`, a resolved config, names the
+    stores the experiment must have.
+    """
+    results = Path(results)
+    rows = missing(results, cfg)
     for path, kind in stores(results):
         try:
             status, problem = check(path, kind), ""

@@ -20,10 +20,17 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import xarray as xr  # noqa: E402
 
+from conjugacy.config import check_verdict_options  # noqa: E402
 from conjugacy.distance import pairwise  # noqa: E402
 from conjugacy.figures import colours, panels, save  # noqa: E402
 from conjugacy.stats import corrected, verdict  # noqa: E402
-from conjugacy.store import StoreError, open_spectrum, read, write_dataset  # noqa: E402
+from conjugacy.store import (  # noqa: E402
+    StoreError,
+    claim_output,
+    open_spectrum,
+    read,
+    write_dataset,
+)
 
 STORE = "windows.zarr"
 TABLES = ("windows_successive.csv", "windows_transitions.csv", "windows_all.csv")
@@ -213,6 +220,9 @@ def run(
     correction: str = "holm",
 ) -> pd.DataFrame:
     """Distances, tables and figures of the window spectra; returns the transition table."""
+    options = {"alpha": alpha, "max_ratio": max_ratio, "permutations": permutations}
+    check_verdict_options(options | {"correction": correction}, lambda k: f"compare.{k}")
+    claim_output(Path(outdir) / STORE, "windows", inputs=paths)
     spectra = load_windows(paths)
     outdir = Path(outdir)
     figures = Path(figures) if figures else outdir
@@ -220,7 +230,7 @@ def run(
     figures.mkdir(parents=True, exist_ok=True)
     ds = distances(spectra)
     table = transitions(ds, alpha, max_ratio, permutations, correction)
-    write_dataset(ds, outdir / STORE)
+    write_dataset(ds, outdir / STORE, role="windows")
     successive_table(ds).to_csv(outdir / TABLES[0], index=False)
     table.to_csv(outdir / TABLES[1], index=False)
     flat = ds["w"].to_dataframe().reset_index()

@@ -20,7 +20,7 @@ import pytest
 if not os.environ.get("CONJUGACY_SLURM"):
     pytest.skip("needs the test SLURM cluster: run `make test-slurm`", allow_module_level=True)
 
-from conftest import REPO, assert_stores_identical, copy_project, snakemake, write_config
+from conftest import assert_stores_identical, copy_project, snakemake, write_config
 
 SITE = Path(__file__).parent / "site"
 # One condition per kind of job: CPU, one GPU, two GPUs (computed on the CPU:
@@ -70,8 +70,7 @@ SUBMITTED = re.compile(r"has been submitted with SLURM jobid (\d+) ")
 
 
 def project(root: Path, cfg: dict) -> Path:
-    copy_project(root)
-    subprocess.run(["cp", "-r", str(REPO / "profiles"), str(root)], check=True)
+    copy_project(root)  # with the profiles
     write_config(root / "config.yaml", cfg)
     return root
 
