@@ -241,6 +241,120 @@ def test_ill_conditioned_data_take_the_qr_route(p, steps, route):
     assert qr_err < 1e-3 * miss(squared.eigenvalues, true)
 
 
+# --- embedded block systems: known eigenvalues, chosen conditioning -------------------------
+
+BLOCKS = [(0.95, 0.3), (0.9, 0.0), (0.8, 1.1), (0.6, 0.0)]  # (radius, angle): 6 eigenvalues
+
+
+def block_system(blocks=BLOCKS) -> tuple[np.ndarray, np.ndarray]:
+    """Block-diagonal real matrix (2 x 2 rotation-scalings, 1 x 1 decays) and its eigenvalues."""
+    k = sum(1 if angle == 0 else 2 for _, angle in blocks)
+    a, eig, i = np.zeros((k, k)), [], 0
+    for radius, angle in blocks:
+        if angle == 0:
+            a[i, i] = radius
+            eig.append(radius)
+            i += 1
+        else:
+            c, s = radius * np.cos(angle), radius * np.sin(angle)
+            a[i : i + 2, i : i + 2] = [[c, -s], [s, c]]
+            eig += [radius * np.exp(1j * angle), radius * np.exp(-1j * angle)]
+            i += 2
+    return a, np.array(eig)
+
+
+def embedded(seed, dim, inits, steps, small=1.0, paired=False):
+    """Observations y = Q D z (inits, steps, dim) of z_{t+1} = A z_t (A: BLOCKS), A's eigenvalues.
+
+    Q: orthonormal columns (dim >= 6; else the first dim rows of an orthogonal
+    matrix), D = diag(1, 1, 1, small, small, small): the data's condition number
+    is about 1 / small. `paired` gives inits in +- pairs, so the pooled mean is 0.
+    """
+    rng = np.random.default_rng(seed)
+    a, eig = block_system()
+    k = a.shape[0]
+    q = np.linalg.qr(rng.standard_normal((max(dim, k), k)))[0][:dim]
+    c = q * np.array([1.0] * (k // 2) + [small] * (k - k // 2))[None, :]
+    z = rng.standard_normal((inits // 2 if paired else inits, k))
+    z = np.concatenate([z, -z]) if paired else z
+    out = np.empty((len(z), steps, dim))
+    for t in range(steps):
+        out[:, t] = z @ c.T
+        z = z @ a.T
+    return out, eig
+
+
+@pytest.mark.parametrize("small", [3e-5, 1e-5, 1e-6])
+@pytest.mark.parametrize(
+    ("p", "steps", "squared_route"), [(200, 30, "gram"), (6, 60, "covariance")]
+)
+def test_eigenvalues_stay_accurate_for_condition_numbers_1e4_to_1e7(p, steps, squared_route, small):
+    """Through decompose, known eigenvalues to 1e-9 where the data's condition number is 1e5..3e6.
+
+    A squared (Gram or covariance) matrix has condition number 1e10..1e13 here
+    and gives eigenvalues wrong by 1e-7..1e-3: the switch to QR must happen.
+    """
+    y, eig = embedded(20, p, inits=4, steps=steps, small=small)
+    s = np.linalg.svd(y[:, :-1].reshape(-1, p), compute_uv=False)
+    assert 1e4 < s[0] / s[5] < 1e7
+    obs = Observable(dataset(y), ["x"])
+    res, _ = decompose(obs, KoopmanOptions(rank=6))
+    assert match_err(res.eigenvalues, eig) < 1e-9
+    n_pairs = 4 * (steps - 1)
+    squared = gram_route(obs, 0, 6, p) if p > n_pairs else covariance_route(obs, 0, 6, n_pairs)
+    assert match_err(squared.eigenvalues, eig) > 1e-7  # what the test guards against
+
+
+@pytest.mark.parametrize(
+    ("p", "steps", "delays", "route"),
+    [(200, 30, 2, "qr-tall"), (6, 60, 2, "qr-wide"), (3, 60, 3, "qr-wide")],
+)
+@pytest.mark.parametrize("seed", [21, 22, 23])
+def test_qr_routes_with_delays_recover_known_eigenvalues(p, steps, delays, route, seed):
+    """Ill-conditioned delay-embedded data: the QR routes give the 6 true eigenvalues to 1e-9."""
+    y, eig = embedded(seed, p, inits=4, steps=steps, small=1e-5)
+    res, facts = decompose(Observable(dataset(y), ["x"]), KoopmanOptions(rank=6, delays=delays))
+    assert facts["route"] == route and facts["lifted_dim"] == p * (delays + 1)
+    assert res.rank == 6
+    assert match_err(res.eigenvalues, eig) < 1e-9
+
+
+@pytest.mark.parametrize("small", [1e-5, 1e-6])
+@pytest.mark.parametrize(("p", "steps", "route"), [(200, 30, "qr-tall"), (6, 60, "qr-wide")])
+def test_fb_on_qr_routes_recovers_known_eigenvalues(p, steps, route, small):
+    """Forward-backward DMD keeps the QR routes' accuracy on noise-free ill-conditioned data."""
+    y, eig = embedded(24, p, inits=4, steps=steps, small=small)
+    for delays in (0, 2):
+        opts = KoopmanOptions(rank=6, delays=delays, variant="fb")
+        res, facts = decompose(Observable(dataset(y), ["x"]), opts)
+        assert facts["route"] == route
+        assert match_err(res.eigenvalues, eig) < 1e-9
+
+
+@pytest.mark.parametrize(("p", "steps", "route"), [(200, 30, "qr-tall"), (6, 60, "qr-wide")])
+def test_tls_on_qr_routes_recovers_known_eigenvalues(p, steps, route):
+    """TLS DMD on the QR routes, just past the switch (condition ~3e4): the true eigenvalues."""
+    y, eig = embedded(25, p, inits=4, steps=steps, small=1e-4)
+    for delays in (0, 2):
+        opts = KoopmanOptions(rank=6, delays=delays, variant="tls")
+        res, facts = decompose(Observable(dataset(y), ["x"]), opts)
+        assert facts["route"] == route
+        assert match_err(res.eigenvalues, eig) < 1e-6
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="reduced_dmd's tls takes eigh of the squared [X~; Y~] Gram, so on the QR routes "
+    "it is no more accurate than a squared route (error ~1e-4 at condition 3e6)",
+)
+@pytest.mark.parametrize(("p", "steps"), [(200, 30), (6, 60)])
+def test_tls_on_qr_routes_keeps_qr_accuracy(p, steps):
+    """TLS on the QR routes as accurate as exact DMD there (1e-9) at condition number ~3e6."""
+    y, eig = embedded(25, p, inits=4, steps=steps, small=1e-6)
+    res, _ = decompose(Observable(dataset(y), ["x"]), KoopmanOptions(rank=6, variant="tls"))
+    assert match_err(res.eigenvalues, eig) < 1e-9
+
+
 # --- rank ------------------------------------------------------------------------------------
 
 
@@ -275,24 +389,17 @@ def test_select_rank_and_needs_qr():
 
 
 def test_tsqr_update_streams_the_r_factor():
+    """R of blocks streamed in is the R of the whole, and stays N x N as rows come in."""
     rng = np.random.default_rng(8)
     z = rng.standard_normal((50, 6))
     r = None
     for block in np.split(z, [7, 20, 33]):
         r = tsqr_update(r, block.copy())
+        assert r.shape == (6, 6)  # memory does not grow with the rows seen
     np.testing.assert_allclose(np.tril(r, -1), 0.0, atol=1e-14)
     np.testing.assert_allclose(r.T @ r, z.T @ z, rtol=1e-12, atol=1e-12)
     ref = scipy.linalg.qr(z, mode="economic")[1]
     np.testing.assert_allclose(np.abs(r), np.abs(ref), atol=1e-12)
-
-
-def test_tsqr_update_keeps_r_small():
-    """The streamed R stays N x N: memory does not grow with the rows seen."""
-    rng = np.random.default_rng(8)
-    r = None
-    for _ in range(4):
-        r = tsqr_update(r, rng.standard_normal((20, 6)))
-    assert r.shape == (6, 6)
 
 
 # --- delay embedding -------------------------------------------------------------------------
@@ -338,6 +445,28 @@ def test_pca_route_matches_sklearn_pca():
     uncentred = y.reshape(-1, 20) @ np.linalg.svd(y.reshape(-1, 20) - y.mean((0, 1)))[2][:k].T
     wrong = dense(uncentred.reshape(4, 25, k), delays, rank)
     assert match_err(wrong.eigenvalues, ref.eigenvalues) > 1e-4
+
+
+@pytest.mark.parametrize("variant", ["exact", "tls", "fb"])
+@pytest.mark.parametrize("seed", [26, 27, 28])
+def test_pca_route_recovers_known_eigenvalues(seed, variant):
+    """PCA scores of an embedded linear system (plus an offset) give its eigenvalues.
+
+    Inits in +- pairs have pooled mean 0, so the centred scores are linear: the
+    6 eigenvalues. Unpaired, centring leaves an affine system: with one delay
+    and rank 7 its eigenvalues and 1. Without centring, the offset would enter.
+    """
+    offset = 5.0 * np.random.default_rng(seed).standard_normal(30)
+    y, eig = embedded(seed, 30, inits=6, steps=40, paired=True)
+    opts = KoopmanOptions(rank=6, pca=6, variant=variant)
+    res, facts = decompose(Observable(dataset(y + offset), ["x"]), opts)
+    assert facts["route"] == "pca" and res.rank == 6
+    assert match_err(res.eigenvalues, eig) < 1e-10
+    y, eig = embedded(seed, 30, inits=3, steps=40)
+    opts = KoopmanOptions(rank=7, delays=1, pca=6, variant=variant)
+    res, facts = decompose(Observable(dataset(y + offset), ["x"]), opts)
+    assert facts["lifted_dim"] == 12 and res.rank == 7
+    assert match_err(res.eigenvalues, np.append(eig, 1.0)) < 1e-10
 
 
 # --- amplitudes ------------------------------------------------------------------------------

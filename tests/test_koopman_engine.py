@@ -117,16 +117,52 @@ def test_float32_blocks_are_accumulated_in_float64_piece_by_piece(monkeypatch):
     assert np.abs(single - exact).max() > 1e-9 * np.abs(exact).max()
 
 
-def test_share_one_arena_on_glibc():
-    import platform
-
+ARENAS = """
+import ctypes, ctypes.util, re, sys, threading
+if sys.argv[1] == "share":
     from conjugacy.memory import share_one_arena
+    assert share_one_arena()
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.fopen.restype, libc.fopen.argtypes = ctypes.c_void_p, [ctypes.c_char_p, ctypes.c_char_p]
+libc.fclose.argtypes = [ctypes.c_void_p]
+libc.malloc_info.argtypes = [ctypes.c_int, ctypes.c_void_p]
+barrier, kept = threading.Barrier(4), []
+def work():
+    barrier.wait()  # all four alive at once: none can inherit an arena a finished one freed
+    kept.append(libc.malloc(4096))  # a thread's first malloc picks its arena
+    barrier.wait()
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+f = libc.fopen(sys.argv[2].encode(), b"w")
+libc.malloc_info(0, f)
+libc.fclose(f)
+print(len(re.findall(r'<heap nr="[0-9]+">', open(sys.argv[2]).read())))
+"""
+
+
+def test_share_one_arena_makes_threads_allocate_from_one_arena(tmp_path):
+    """After share_one_arena, threads that malloc at once share glibc's one arena (malloc_info)."""
+    import platform
+    import subprocess
+    import sys
 
     if platform.libc_ver()[0] != "glibc":
-        pytest.skip("mallopt is glibc's")
-    assert share_one_arena()
-    big = np.ones(1 << 22)  # allocations still work after it
-    assert big.sum() == 1 << 22
+        pytest.skip("mallopt and malloc_info are glibc's")
+
+    def arenas(mode: str) -> int:
+        out = tmp_path / f"{mode}.xml"
+        run = subprocess.run(
+            [sys.executable, "-c", ARENAS, mode, str(out)], capture_output=True, text=True
+        )
+        assert run.returncode == 0, run.stderr
+        return int(run.stdout)
+
+    assert arenas("default") > 1  # each allocating thread gets an arena of its own
+    assert arenas("share") == 1
 
 
 @pytest.mark.parametrize(("p", "delays"), [(200, 0), (200, 3)])

@@ -144,6 +144,11 @@ def test_fcn_metrics_match_torch():
 
 
 def test_monitor_of_a_trained_net_uses_held_out_loss(tmp_path):
+    """Held-out losses, window eigenvalues and metrics equal a torch/numpy recomputation."""
+    import pandas as pd
+    from scipy.optimize import linear_sum_assignment
+
+    from conjugacy.systems.data import load_dataset, split_holdout
     from conjugacy.train import train
 
     cfg = config.resolve(net_config(holdout=0.2))
@@ -154,22 +159,48 @@ def test_monitor_of_a_trained_net_uses_held_out_loss(tmp_path):
     ds = open_store(out, "monitor")
     assert ds.attrs["loss_kind"] == "validation loss"
     assert ds.sizes["window"] == 3 and ds.sizes["step"] == 61
-    loss = ds.loss.values.mean(axis=0)
-    assert np.isfinite(loss).all() and loss[-1] < loss[0]  # training lowers held-out loss
-    assert (
-        main(
-            [
-                "monitor-report",
-                str(out),
-                "-o",
-                str(tmp_path / "m.csv"),
-                "--figure",
-                str(tmp_path / "m.png"),
-            ]
-        )
-        == 0
+    store = open_store(traj, "trajectory")
+    w1, w2 = (
+        torch.from_numpy(store[n].values.astype(np.float64)) for n in ("fc1.weight", "fc2.weight")
     )
-    assert (tmp_path / "m.png").is_file() and (tmp_path / "m.csv").is_file()
+    (x_train, y_train), (x_held, y_held) = split_holdout(*load_dataset("digits"), 0.2)
+
+    def nll(x, y):  # (init, step) cross-entropy of the recorded nets
+        logits = torch.relu(torch.from_numpy(x).double() @ w1.transpose(-1, -2)) @ w2.transpose(
+            -1, -2
+        )
+        target = torch.from_numpy(y).expand(*logits.shape[:2], -1)
+        ce = torch.nn.functional.cross_entropy(logits.permute(0, 3, 1, 2), target, reduction="none")
+        return ce.mean(-1).numpy()
+
+    held = nll(x_held, y_held)
+    np.testing.assert_allclose(ds.loss.values, held, rtol=1e-12)
+    assert np.abs(nll(x_train, y_train) - held).max() > 1e-3  # not the training loss
+    assert held.mean(0)[-1] < held.mean(0)[0]  # training lowers held-out loss
+    # Each window: a dense exact DMD (rank 5) of both inits' snapshots, pooled.
+    snaps = np.concatenate([w1.numpy().reshape(2, 61, -1), w2.numpy().reshape(2, 61, -1)], axis=2)
+    last = None
+    for k, start in enumerate(ds.window_start.values):
+        z = snaps[:, start : start + 20]
+        x, y = z[:, :-1].reshape(-1, z.shape[2]).T, z[:, 1:].reshape(-1, z.shape[2]).T
+        u, s, vh = np.linalg.svd(x, full_matrices=False)
+        mu = np.linalg.eigvals(u[:, :5].T @ y @ vh[:5].T / s[:5])
+        got = ds.eigenvalues.values[k]
+        cost = np.abs(got[:, None] - mu[None, :])
+        assert cost[linear_sum_assignment(cost)].max() < 1e-9
+        leading = mu[np.argsort(-np.abs(mu))[:3]]
+        assert ds.leading_distance.values[k] == pytest.approx(np.abs(leading - 1).max(), abs=1e-9)
+        assert ds.spectral_radius.values[k] == pytest.approx(np.abs(mu).max(), abs=1e-9)
+        assert ds.near_one.values[k] == np.count_nonzero(np.abs(mu - 1) <= 0.05)
+        assert ds.window_end.values[k] == start + 19
+        last = (np.abs(leading - 1).max(), np.abs(mu).max())
+    csv, png = tmp_path / "m.csv", tmp_path / "m.png"
+    assert main(["monitor-report", str(out), "-o", str(csv), "--figure", str(png)]) == 0
+    (row,) = pd.read_csv(csv).itertuples()
+    assert (row.condition, row.seed, row.windows, row.loss_kind) == ("net", 0, 3, "validation loss")
+    assert (row.final_leading_distance, row.final_spectral_radius) == pytest.approx(last, abs=1e-9)
+    assert row.converged_step == ds.attrs["converged_step"]
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 @pytest.mark.parametrize(

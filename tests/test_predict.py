@@ -203,23 +203,118 @@ def test_cli_errors_before_work(mlp_run, capsys, options, message):
     assert not out.exists()
 
 
+# Independent numpy versions of what the stage computes, for the trained-MLP tests below.
+
+NAMES = ("fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight")  # flatten's (sorted) order
+
+
+def recorded(store) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every recorded tensor as float64 (step, init, *shape), and the recorded loss (init, step)."""
+    traj = xr.open_zarr(store, consolidated=False)
+    params = {n: np.moveaxis(traj[n].values.astype(np.float64), 1, 0) for n in NAMES}
+    return params, traj["loss"].values
+
+
+def mse(params: dict[str, np.ndarray]) -> np.ndarray:
+    """Whole-dataset mean squared error per init of tanh nets with these (init, *shape) weights."""
+    from conjugacy.systems.mlp import regression_data
+
+    x, y = (a.astype(np.float64) for a in regression_data(MLP["inputs"], MLP["samples"], 0.1))
+    hidden = np.tanh(
+        np.einsum("bi,nhi->nbh", x, params["fc1.weight"]) + params["fc1.bias"][:, None]
+    )
+    out = np.einsum("nbh,noh->nb", hidden, params["fc2.weight"]) + params["fc2.bias"]
+    return ((out - y) ** 2).mean(axis=1)
+
+
+def flat(params: dict[str, np.ndarray]) -> np.ndarray:
+    return np.concatenate([params[n].reshape(len(params[n]), -1) for n in NAMES], axis=1)
+
+
+def numpy_node_jump(snaps: dict[str, np.ndarray], jump: int, rtol: float) -> dict[str, np.ndarray]:
+    """Per neuron, K = F' pinv(F) of [weights; bias; 1] over the window, applied `jump` times."""
+    out = {}
+    for layer in ("fc1", "fc2"):
+        w = snaps[f"{layer}.weight"]  # (S, inits, h, fan_in)
+        b = snaps[f"{layer}.bias"]  # (S, inits, h)
+        pw, pb = np.empty(w.shape[1:]), np.empty(b.shape[1:])
+        for i in range(w.shape[1]):
+            for j in range(w.shape[2]):
+                f = np.column_stack([w[:, i, j], b[:, i, j], np.ones(len(b))]).T  # (d, S)
+                pinv = np.linalg.pinv(f[:, :-1], rcond=rtol * max(f.shape[0], f.shape[1] - 1))
+                z = np.linalg.matrix_power(f[:, 1:] @ pinv, jump) @ f[:, -1]
+                pw[i, j], pb[i, j] = z[:-2], z[-2]
+        out[f"{layer}.weight"], out[f"{layer}.bias"] = pw, pb
+    return out
+
+
+def numpy_global_jump(snaps: dict[str, np.ndarray], jump: int, rtol: float):
+    """Per init, exact DMD of [all weights; 1] by SVD: prediction and fixed point, (inits, P)."""
+    series = np.stack(
+        [flat({n: v[t] for n, v in snaps.items()}) for t in range(len(snaps[NAMES[0]]))]
+    )
+    preds, fixed = [], []
+    for i in range(series.shape[1]):
+        z = np.vstack([series[:, i].T, np.ones(len(series))])
+        x, y = z[:, :-1], z[:, 1:]
+        u, s, vh = np.linalg.svd(x, full_matrices=False)
+        r = int(np.count_nonzero(s > rtol * max(x.shape) * s[0]))
+        v, s = vh[:r].T, s[:r]
+        mu, w = np.linalg.eig(u[:, :r].T @ y @ v / s)
+        modes = y @ v / s @ w
+        amp = np.linalg.lstsq(modes, z[:, -1].astype(complex), rcond=None)[0]
+        preds.append((modes @ (mu**jump * amp)).real[:-1])
+        k = np.argmin(np.abs(mu - 1))
+        fixed.append((modes[:, k] / modes[-1, k]).real[:-1])
+    return np.array(preds), np.array(fixed)
+
+
 def test_predict_stage_on_a_trained_mlp(mlp_run):
+    """Errors and losses of each (predictor, window, jump) equal a numpy recomputation.
+
+    The truth is the recorded step start + window - 1 + jump, whose whole-dataset
+    loss the recorder also wrote (full-batch GD): off-by-one windows, a wrong
+    truth step or a wrong error norm change these numbers.
+    """
     root, cfg_path, store, _ = mlp_run
     out = root / "pred.zarr"
     args = ["predict", str(store), "--config", str(cfg_path), "--condition", "mlp", "-o", str(out)]
     assert main(args) == 0
-    ds = xr.open_zarr(out, consolidated=False)
+    ds = xr.open_zarr(out, consolidated=False).load()
     assert dict(ds.loss_pred.sizes) == {"predictor": 3, "window": 2, "jump": 2, "init": 2}
     assert ds.attrs["score"] == "r2" and ds.attrs["status"] == "complete"
-    # Jumping 4 steps from 12 snapshots of smooth full-batch GD: close to the optimizer.
-    node = ds.rel_error.sel(predictor="node", window=12, jump=4).values
-    assert (node < 0.5).all()
+    params, loss = recorded(store)
+    rtol = predict.EPS32  # the store is float32
+    for window in (5, 12):
+        snaps = {n: v[:window] for n, v in params.items()}  # start 0
+        last = window - 1
+        np.testing.assert_allclose(ds.loss_last.sel(window=window), loss[:, last], rtol=1e-6)
+        for jump in (4, 20):
+            truth = {n: v[last + jump] for n, v in params.items()}
+            sel = {"window": window, "jump": jump}
+            np.testing.assert_allclose(ds.loss_true.sel(**sel), loss[:, last + jump], rtol=1e-6)
+            np.testing.assert_allclose(ds.loss_true.sel(**sel), mse(truth), rtol=1e-6)
+            moved = np.linalg.norm(flat(truth) - flat({n: v[-1] for n, v in snaps.items()}), axis=1)
+            node = numpy_node_jump(snaps, jump, rtol)
+            glob, fixed = numpy_global_jump(snaps, jump, rtol)
+            for name, pred in (("node", flat(node)), ("global", glob), ("fixed_point", fixed)):
+                rel = np.linalg.norm(pred - flat(truth), axis=1) / moved
+                got = ds.rel_error.sel(predictor=name, **sel)
+                np.testing.assert_allclose(got, rel, rtol=1e-6, err_msg=f"{name} {sel}")
+            np.testing.assert_allclose(
+                ds.loss_pred.sel(predictor="node", **sel), mse(node), rtol=1e-5
+            )
+    # 12 snapshots, 4 steps ahead: the global DMD lands near the optimizer (measured 0.005).
+    assert float(ds.rel_error.sel(predictor="global", window=12, jump=4).max()) < 0.02
     assert np.isfinite(ds.optimizer_s.values).all() and (np.diff(ds.optimizer_s.values) > 0).all()
-    tab = predict.table([ds.load()])
+    tab = predict.table([ds])
     assert len(tab) == 12 and {"gain", "speedup", "rel_error"} <= set(tab.columns)
 
 
 def test_accelerate_and_summary(mlp_run):
+    """Curves match the recorded run and an independent jump; the CSVs hold the stores' numbers."""
+    import pandas as pd
+
     root, cfg_path, store, cond = mlp_run
     acc = {
         "steps": 40,
@@ -235,13 +330,46 @@ def test_accelerate_and_summary(mlp_run):
     assert ds.attrs["jumps"] == [0, 4]  # cycles of 5 steps + a jump of 5, while they fit in 40
     steps = ds.effective_step.values
     assert np.nanmax(steps, axis=1).tolist() == [40, 40]
-    # The accelerated run gets to 40 effective steps with 20 optimizer steps: less CPU time.
-    assert np.nanmax(ds.cpu_s.values[1]) < np.nanmax(ds.cpu_s.values[0])
+    params, loss = recorded(store)
+    # The plain run is the recorded training (same condition, seed and optimizer).
+    plain = ds.sel(run="sgd")
+    np.testing.assert_array_equal(plain.effective_step, np.arange(0, 41, 5))
+    np.testing.assert_allclose(plain.loss, loss.mean(axis=0)[::5], rtol=1e-6)
+    # The first jump: snapshots 0..5 (window 6), 5 steps ahead of step 5, noted at step 10.
+    fast = ds.sel(run="sgd+koopman")
+    assert fast.effective_step.values[:2].tolist() == [0, 10]
+    jumped = numpy_node_jump({n: v[:6] for n, v in params.items()}, 5, predict.EPS32)
+    assert float(fast.loss[1]) == pytest.approx(mse(jumped).mean(), rel=1e-5)
+    assert float(fast.loss[1]) != pytest.approx(float(plain.loss[2]), rel=1e-3)  # not a plain step
     pred = root / "pred2.zarr"
     main(["predict", str(store), "--config", str(cfg_path), "--condition", "mlp", "-o", str(pred)])
     paths = predict.summarize([pred], [root / "acc.zarr"], root / "summary")
-    for path in paths:
-        assert path.is_file() and path.stat().st_size > 0
+    assert [p.name for p in paths] == [
+        "predict.csv",
+        "accelerate.csv",
+        "predict.png",
+        "accelerate.png",
+    ]
+    tab = pd.read_csv(paths[0])
+    stage = xr.open_zarr(pred, consolidated=False).load().mean("init")
+    assert len(tab) == 3 * 2 * 2
+    for row in tab.itertuples():
+        sel = {"window": row.window, "jump": row.jump}
+        last, true = (
+            float(stage.loss_last.sel(window=row.window)),
+            float(stage.loss_true.sel(**sel)),
+        )
+        got = float(stage.loss_pred.sel(predictor=row.method, **sel))
+        assert (row.loss_last, row.loss_true, row.loss_pred) == pytest.approx((last, true, got))
+        assert row.gain == pytest.approx((last - got) / (last - true))
+    curves = pd.read_csv(paths[1])
+    assert curves.groupby("run", sort=False).size().to_dict() == {"sgd": 9, "sgd+koopman": 5}
+    for name, curve in curves.groupby("run"):
+        kept = ds.sel(run=name).dropna("point")
+        np.testing.assert_allclose(curve.loss, kept.loss)
+        np.testing.assert_array_equal(curve.effective_step, kept.effective_step)
+    for png in paths[2:]:
+        assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_evaluator_matches_the_fcn_loss():

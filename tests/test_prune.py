@@ -110,21 +110,79 @@ def trained(tmp_path_factory):
     return train(cfg["conditions"]["net"], 0, root / "t.zarr", "t", "net", progress=False)
 
 
+def held_out_accuracy(w1: np.ndarray, w2: np.ndarray) -> float:
+    """Accuracy of the bias-free ReLU net (w1, w2) on the 20% of digits held out, by torch."""
+    import torch
+
+    from conjugacy.systems.data import load_dataset, split_holdout
+
+    _, (x, y) = split_holdout(*load_dataset("digits"), 0.2)
+    logits = (
+        torch.relu(torch.from_numpy(x).double() @ torch.from_numpy(w1).T) @ torch.from_numpy(w2).T
+    )
+    return float((logits.argmax(1).numpy() == y).mean())
+
+
 def test_prune_of_a_trained_net(trained, tmp_path):
-    opts = PruneOptions(window=(0, 30), rank=5, sparsities=[0.5, 0.9], finetune_steps=0)
+    """Fixed point, masks, Jaccard and held-out accuracies equal a numpy/torch recomputation."""
+    sparsities = [0.5, 0.9]
+    opts = PruneOptions(window=(0, 30), rank=5, sparsities=sparsities, finetune_steps=0)
     ds = run(trained, tmp_path / "p.zarr", opts)
     assert ds.attrs["evaluated_on"] == "validation"
-    acc = ds.accuracy.values
-    assert ((acc >= 0) & (acc <= 1)).all()
-    # no fine-tuning steps: after equals before
-    assert ds.accuracy.sel(phase="after").values == pytest.approx(ds.accuracy.sel(phase="before"))
-    # the final magnitude mask at a low sparsity barely hurts the trained net
-    final = ds.accuracy.sel(criterion="magnitude_final", sparsity=0.5, phase="before")
-    assert float(final.mean()) > ds.attrs["accuracy_final"] - 0.25
-    assert ((ds.jaccard.values > 0) & (ds.jaccard.values <= 1)).all()
-    assert np.isfinite(ds.prediction_error.values).all()
+    store = open_store(trained, "trajectory")
+    shapes = [store[n].shape[2:] for n in ("fc1.weight", "fc2.weight")]
+    weights = np.concatenate(
+        [
+            store[n].values.astype(np.float64).reshape(2, 61, -1)
+            for n in ("fc1.weight", "fc2.weight")
+        ],
+        axis=2,
+    )  # (init, step, 4 x 64 + 10 x 4)
+
+    def accuracy(flat: np.ndarray) -> float:
+        w1, w2 = np.split(flat, [int(np.prod(shapes[0]))])
+        return held_out_accuracy(w1.reshape(shapes[0]), w2.reshape(shapes[1]))
+
+    for i in range(2):
+        # Exact DMD of snapshots 0..29, rank 5; the eigenvalue nearest 1 and its mode's part.
+        z = weights[i, :30]
+        u, s, vh = np.linalg.svd(z[:-1].T, full_matrices=False)
+        u, s, v = u[:, :5], s[:5], vh[:5].T
+        mu, w = np.linalg.eig(u.T @ z[1:].T @ v / s)
+        modes = z[1:].T @ v / s @ w
+        b = np.linalg.lstsq(modes, z[0].astype(complex), rcond=None)[0]
+        k = np.argmin(np.abs(mu - 1))
+        predicted, final = (modes[:, k] * b[k]).real, weights[i, -1]
+        assert ds.eigenvalue.values[i] == pytest.approx(mu[k], abs=1e-10)
+        error = np.linalg.norm(predicted - final) / np.linalg.norm(final)
+        assert ds.prediction_error.values[i] == pytest.approx(error, rel=1e-8)
+        window_error = np.linalg.norm(z[-1] - final) / np.linalg.norm(final)
+        assert ds.window_error.values[i] == pytest.approx(window_error, rel=1e-12)
+        scores = {"koopman": predicted, "magnitude_window": z[-1], "magnitude_final": final}
+        for sparsity in sparsities:
+            masks = {}
+            for name, score in scores.items():
+                keep = np.ones(final.size, bool)
+                keep[np.argsort(np.abs(score), kind="stable")[: round(sparsity * final.size)]] = (
+                    False
+                )
+                masks[name] = keep
+                got = ds.accuracy.sel(criterion=name, sparsity=sparsity).values[:, i]
+                assert got.tolist() == pytest.approx([accuracy(final * keep)] * 2)  # before, after
+            for pair in ds.pair.values:
+                a, b = (masks[m] for m in str(pair).split(":"))
+                expected = (a & b).sum() / (a | b).sum()
+                assert ds.jaccard.sel(pair=pair, sparsity=sparsity).values[i] == pytest.approx(
+                    expected
+                )
+    unpruned = [accuracy(weights[i, -1]) for i in range(2)]
+    assert ds.attrs["accuracy_final"] == pytest.approx(np.mean(unpruned))
     frame = table([tmp_path / "p.zarr"])
     assert len(frame) == 3 * 2 and (frame.jaccard_koopman[frame.method == "koopman"] == 1).all()
+    row = frame[(frame.method == "koopman") & (frame.sparsity == 0.9)].iloc[0]
+    assert row.jaccard_magnitude_final == pytest.approx(
+        float(ds.jaccard.sel(pair="koopman:magnitude_final", sparsity=0.9).mean())
+    )
 
 
 def test_prune_command_fine_tunes_and_reports(trained, tmp_path):

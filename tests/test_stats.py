@@ -89,6 +89,58 @@ def test_random_branch_bounds_and_reproducibility():
     assert permutation_p(w, 10, permutations=99, seed=3)[0] == p
 
 
+def lopsided_distances(n_a, n_b, shift):
+    """W of points in R^3 (seeded): group B's first coordinate shifted by `shift`."""
+    pts = np.random.default_rng(0).standard_normal((n_a + n_b, 3))
+    pts[n_a:, 0] += shift
+    return np.linalg.norm(pts[:, None] - pts[None, :], axis=-1)
+
+
+@pytest.mark.parametrize("shift", [0.0, 0.8])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sampled_p_estimates_the_exact_p(shift, seed):
+    """The sampled branch's p lies within 4 binomial standard errors of the enumerated p."""
+    n_a, n_b, draws = 8, 8, 2000
+    w = lopsided_distances(n_a, n_b, shift)
+    splits = math.comb(n_a + n_b, n_a)  # 12870: small enough to enumerate
+    exact, exact_min = permutation_p(w, n_a, permutations=splits)
+    assert exact_min == pytest.approx(2 / splits)  # the exact branch
+    sampled, sampled_min = permutation_p(w, n_a, permutations=draws, seed=seed)
+    assert sampled_min == pytest.approx(1 / (1 + draws))  # the sampled branch
+    assert 0.1 < exact < 0.9  # a p with room to move either way
+    # Members drawn with replacement give smaller, unequal groups: p moves by ~10 errors.
+    assert abs(sampled - exact) < 4 * math.sqrt(exact * (1 - exact) / draws)
+
+
+def near_tie_distances(gap):
+    """W of 4 points whose split {0, 2} | {1, 3} has a statistic `gap` (relative) below
+    the observed {0, 1} | {2, 3}; the third split, {0, 3} | {1, 2}, is far below.
+
+    With 2 + 2 points the statistic is sum(W) / 4 - 3/4 * (sum of the two within-pairs),
+    so it is set by the within sums: 2 (observed), 2 + e and 10.
+    """
+    e = 8 * gap / (3 - gap)  # (t_obs - t) / t_obs = 3 e / (8 + e)
+    w = np.zeros((4, 4))
+    for (i, j), v in {(0, 1): 1, (2, 3): 1, (0, 2): 1, (1, 3): 1 + e, (0, 3): 5, (1, 2): 5}.items():
+        w[i, j] = w[j, i] = v
+    return w
+
+
+@pytest.mark.parametrize(
+    ("gap", "tie"), [(1e-14, True), (1e-13, True), (1e-9, False), (1e-7, False)]
+)
+def test_tie_tolerance_is_rounding_sized(gap, tie):
+    """Splits within 1e-12 (relative) of the observed statistic count as ties; 1e-9 apart do not."""
+    w = near_tie_distances(gap)
+    t_obs = brute_stat(w, {0, 1})
+    assert (t_obs - brute_stat(w, {0, 2})) / t_obs == pytest.approx(gap, rel=0.05)
+    assert brute_stat(w, {0, 3}) < 0.5 * t_obs
+    p, p_min = permutation_p(w, 2)
+    # 6 splits, each twinned with its swap: the observed pair, plus the near pair if a tie.
+    assert p == pytest.approx(4 / 6 if tie else 2 / 6)
+    assert p_min == pytest.approx(2 / 6)
+
+
 # --- decide ----------------------------------------------------------------------------------
 
 
@@ -103,6 +155,8 @@ def test_random_branch_bounds_and_reproducibility():
         (0.05, 0.008, 1.5, "conjugate"),  # boundaries: p == alpha, ratio == max_ratio
         (0.04, 0.008, 1.5, "inconclusive"),  # significant, ratio at the margin
         (0.50, 0.050, 1.0, "inconclusive"),  # p_min == alpha cannot reject
+        (0.05, 0.008, 2.0, "inconclusive"),  # p == alpha is not significant, even if large
+        (0.0499, 0.008, 2.0, "not conjugate"),  # just below alpha, large: significant
     ],
 )
 def test_decide_branches(p, p_min, ratio, expected):
@@ -147,6 +201,20 @@ def test_verdict_calls():
     assert verdict(same, 5, alpha=0.05, max_ratio=1.5).verdict == "conjugate"
     # 3 + 3 seeds: the smallest attainable p is 2/20 = 0.1, so no call is possible.
     assert verdict(np.ones((6, 6)) - np.eye(6), 3, 0.05, 1.5).verdict == "inconclusive"
+
+
+def test_p_equal_to_alpha_is_not_a_rejection():
+    """A pair whose exact p equals alpha is not "not conjugate"; just above that alpha it is."""
+    w = separated(5, 5)
+    p, _ = permutation_p(w, 5)
+    assert p == 2 / 252  # the same float as alpha below
+    at = verdict(w, 5, alpha=2 / 252, max_ratio=1.5)
+    assert at.p_value == at.p_min == 2 / 252 and at.ratio > 1.5
+    assert at.verdict == "inconclusive"  # not significant at p == alpha; could not reject
+    assert verdict(w, 5, alpha=np.nextafter(2 / 252, 1), max_ratio=1.5).verdict == "not conjugate"
+    # The same boundary after a correction: Holm over one pair leaves p unchanged.
+    (alone,) = corrected([at], 2 / 252, 1.5, "holm")
+    assert alone.p_corrected == 2 / 252 and alone.verdict == "inconclusive"
 
 
 def test_identical_spectra_are_conjugate():
@@ -208,6 +276,25 @@ def test_holm_bonferroni_none_hand_computed():
     assert adjust([], "holm").size == 0
     with pytest.raises(ValueError, match="sidak"):
         adjust(p, "sidak")
+
+
+def test_holm_and_bonferroni_are_capped_at_one():
+    """Corrected p-values never exceed 1, where m * p (or Holm's step) would."""
+    p = [0.9, 0.3, 0.45, np.nan]
+    # Bonferroni: 3 p = 2.7, 0.9, 1.35 -> 1, 0.9, 1.
+    np.testing.assert_allclose(adjust(p, "bonferroni"), [1.0, 0.9, 1.0, np.nan])
+    # Holm: sorted 0.3, 0.45, 0.9 times 3, 2, 1 = 0.9, 0.9, 0.9 -> running max 0.9.
+    np.testing.assert_allclose(adjust(p, "holm"), [0.9, 0.9, 0.9, np.nan])
+    # Holm's step above 1: 0.4, 0.6 times 2, 1 = 0.8, 0.6 -> 0.8, 0.8; 0.6, 0.7 -> 1.2 -> 1.
+    np.testing.assert_allclose(adjust([0.6, 0.4], "holm"), [0.8, 0.8])
+    np.testing.assert_allclose(adjust([0.7, 0.6], "holm"), [1.0, 1.0])
+    np.testing.assert_allclose(adjust([0.7, 0.6, 0.01], "holm"), [1.0, 1.0, 0.03])
+    # Through the verdicts: p = 1 pairs stay at 1 after either correction.
+    same = verdict(np.ones((8, 8)) - np.eye(8), 4, alpha=0.05, max_ratio=1.5)
+    assert same.p_value == 1.0
+    for correction in ("holm", "bonferroni"):
+        out = corrected([same, same, same], 0.05, 1.5, correction)
+        assert [v.p_corrected for v in out] == [1.0] * 3
 
 
 def test_holm_never_above_bonferroni():
