@@ -5,7 +5,7 @@ PYTHON ?= python3
 # Jobs call `python -m conjugacy`: the venv's python must come first.
 export PATH := $(BIN):$(PATH)
 
-.PHONY: install run test test-slurm lint docs format bench bench-slurm clean
+.PHONY: install run test test-unit test-slurm lint docs format bench bench-slurm clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ docs: install
 
 test: install lint docs
 	pytest
+
+# The library's unit tests without the slow ones (a minute or two): no Snakemake runs.
+test-unit: install
+	pytest tests/unit -m "not slow and not workflow"
 
 # The workflow through a real single-node SLURM cluster that it starts (root on
 # Debian; elsewhere it says why it skips).

@@ -53,9 +53,9 @@ def make_store(path: Path, params: int, steps: int, inits: int, seed: int = 0) -
 
 
 def ours(path: Path, delays: int, rank: int) -> np.ndarray:
-    from conjugacy.koopman import KoopmanOptions, decompose
-    from conjugacy.observables import Observable
-    from conjugacy.store import open_trajectory
+    from conjugacy.koopman.observables import Observable
+    from conjugacy.koopman.spectrum import KoopmanOptions, decompose
+    from conjugacy.stores.contract import open_trajectory
 
     obs = Observable(open_trajectory(path), ["w"])
     return decompose(obs, KoopmanOptions(delays=delays, rank=rank))[0].eigenvalues

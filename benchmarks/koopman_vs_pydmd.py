@@ -74,7 +74,7 @@ def latent(steps: int, seed: int) -> np.ndarray:
 
 def make_store(path: Path, params: int, steps: int = STEPS, seed: int = 0) -> None:
     """Write the synthetic trajectory, BLOCK parameters at a time (memory O(steps x BLOCK))."""
-    from conjugacy.store import TrajectoryWriter
+    from conjugacy.stores.contract import TrajectoryWriter
 
     z = latent(steps, seed)
     attrs = {"experiment": "bench", "condition": "synthetic", "seed": seed}
@@ -152,7 +152,7 @@ def run_one(method: str, store: Path, work: Path, device: str | None) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{method} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}")
     if method == "ours":
-        from conjugacy.store import open_spectrum
+        from conjugacy.stores.contract import open_spectrum
 
         eig = np.asarray(open_spectrum(spectrum)["eigenvalues"].values)
     else:
@@ -247,7 +247,7 @@ def main() -> None:
     )
     args = ap.parse_args()
     if args.chunk_values:
-        import conjugacy.store
+        import conjugacy.stores.contract
 
         conjugacy.store.CHUNK_VALUES = args.chunk_values
     results = []

@@ -8,7 +8,7 @@
    batched FCN through autograd + torch.optim (closed_form off), to show what
    batching alone gives. The loop's weights are checked against the batched
    ones after the run.
-2. Recording overhead: `conjugacy.train.train` of an h=40 condition
+2. Recording overhead: `conjugacy.training.train.train` of an h=40 condition
    recording fc2.weight every step (background writer, and the synchronous
    writer for comparison) against the same updates with no recording, for
    1000 and 10000 steps: the difference splits the cost into a fixed part per
@@ -33,8 +33,8 @@ from unittest import mock
 import torch
 
 from conjugacy.config import load
-from conjugacy.recorder import Recorder
-from conjugacy.train import make_system, train
+from conjugacy.training.recorder import Recorder
+from conjugacy.training.train import make_system, train
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "experiments" / "fcn_width.yaml"
 WIDTHS = (5, 10, 40)

@@ -9,11 +9,22 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import xarray as xr
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_PARTS = ("Snakefile", "workflow", "src", "config", "envs", "profiles")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests under tests/workflow and tests/slurm run Snakemake: mark them `workflow`."""
+    for item in items:
+        parts = Path(item.fspath).relative_to(REPO / "tests").parts
+        if parts[0] in ("workflow", "slurm"):
+            item.add_marker(pytest.mark.workflow)
+        if parts[0] == "slurm":
+            item.add_marker(pytest.mark.slow)
 
 
 def copy_project(root: Path) -> Path:

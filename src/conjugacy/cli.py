@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from conjugacy.config import ConfigError
-from conjugacy.readahead import DEPTH
+from conjugacy.stores.readahead import DEPTH
 
 log = logging.getLogger("conjugacy")
 
@@ -112,7 +112,7 @@ def _pair(text: str) -> tuple[str, ...]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from conjugacy import config
-    from conjugacy.train import train
+    from conjugacy.training.train import train
 
     if args.spec is not None:
         cond = _spec(args.spec)
@@ -142,8 +142,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_koopman(args: argparse.Namespace) -> None:
-    from conjugacy.koopman import KoopmanOptions, run
-    from conjugacy.memory import share_one_arena
+    from conjugacy.koopman.memory import share_one_arena
+    from conjugacy.koopman.spectrum import KoopmanOptions, write_spectrum
 
     share_one_arena()  # read-ahead threads reuse the same freed blocks
 
@@ -158,7 +158,7 @@ def cmd_koopman(args: argparse.Namespace) -> None:
         modes=args.modes,
         readahead=args.readahead,
     )
-    spectrum = run(
+    spectrum = write_spectrum(
         args.trajectory,
         args.output,
         opts,
@@ -169,13 +169,13 @@ def cmd_koopman(args: argparse.Namespace) -> None:
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from conjugacy.compare import run
     from conjugacy.config import check_verdict_options, option_label
+    from conjugacy.verdict.compare import write_verdicts
 
     options = {k: getattr(args, k) for k in ("alpha", "max_ratio", "permutations", "correction")}
     pairs = {"pairs": args.pair} if args.pair is not None else {}
     check_verdict_options(options | pairs, option_label)  # before any store is read
-    table = run(
+    table = write_verdicts(
         args.spectra,
         args.output,
         args.pair,
@@ -188,23 +188,23 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_figures(args: argparse.Namespace) -> None:
-    from conjugacy.figures import run
+    from conjugacy.report.figures import write_figures
 
-    for path in run(args.spectra, args.trajectories, args.comparison, args.output):
+    for path in write_figures(args.spectra, args.trajectories, args.comparison, args.output):
         log.info("wrote %s", path)
 
 
 def cmd_summary(args: argparse.Namespace) -> None:
     from conjugacy import config
-    from conjugacy.summary import run
+    from conjugacy.report.summary import write_summary
 
     cfg = _spec(args.spec) if args.spec is not None else config.load(args.config)
-    log.info("wrote %s", run(cfg, args.verdicts, args.benchmarks, args.output))
+    log.info("wrote %s", write_summary(cfg, args.verdicts, args.benchmarks, args.output))
 
 
 def cmd_companion(args: argparse.Namespace) -> None:
     from conjugacy import config
-    from conjugacy.accuracy import run_companion
+    from conjugacy.training.companion import run_companion
 
     if args.spec is not None:
         cond = _spec(args.spec)
@@ -237,26 +237,27 @@ def cmd_companion(args: argparse.Namespace) -> None:
 
 
 def cmd_accuracy(args: argparse.Namespace) -> None:
-    from conjugacy.accuracy import plot_accuracy
+    from conjugacy.report.accuracy import plot_accuracy
 
     log.info("wrote %s", plot_accuracy(args.tables, args.output))
 
 
 def cmd_windows(args: argparse.Namespace) -> None:
     from conjugacy.config import check_verdict_options, option_label
-    from conjugacy.windows import run
+    from conjugacy.report.windows import write_window_figures
+    from conjugacy.verdict.windows import STORE, write_windows
 
     options = {k: getattr(args, k) for k in ("alpha", "max_ratio", "permutations", "correction")}
     check_verdict_options(options, option_label)  # before any store is read
-    table = run(
+    table = write_windows(
         args.spectra,
         args.output,
-        args.figures,
         args.alpha,
         args.max_ratio,
         args.permutations,
         args.correction,
     )
+    write_window_figures(args.output / STORE, args.figures or args.output)
     log.info("successive windows:\n%s", table.to_string(index=False))
 
 
@@ -282,13 +283,15 @@ def _predict_source(args: argparse.Namespace) -> tuple[dict, dict]:
 def cmd_predict(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from conjugacy.predict import options_from, run, table
+    from conjugacy.beyond.predict import options_from, table, write_predictions
 
     cond, settings = _predict_source(args)
     for key in ("start", "windows", "jumps", "methods", "rank"):
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
-    result = run(args.trajectory, args.output, cond, options_from(settings), args.condition)
+    result = write_predictions(
+        args.trajectory, args.output, cond, options_from(settings), args.condition
+    )
     with pd.option_context("display.width", 200):
         log.info("predictions:\n%s", table([result]).round(4).to_string(index=False))
 
@@ -305,7 +308,7 @@ def _lr(text: str) -> tuple[str, float]:
 
 
 def cmd_accelerate(args: argparse.Namespace) -> None:
-    from conjugacy.accelerate import run
+    from conjugacy.beyond.accelerate import write_accelerated
 
     cond, settings = _predict_source(args)
     acc = dict(settings["accelerate"])
@@ -323,11 +326,11 @@ def cmd_accelerate(args: argparse.Namespace) -> None:
             f"option --window: {acc['window']} snapshots, but --k {acc['k']} optimizer steps "
             f"between jumps give at most {acc['k'] + 1}"
         )
-    run(cond, args.seed, acc, args.output, args.condition)
+    write_accelerated(cond, args.seed, acc, args.output, args.condition)
 
 
 def cmd_predict_summary(args: argparse.Namespace) -> None:
-    from conjugacy.predict import summarize
+    from conjugacy.beyond.predict import summarize
 
     for path in summarize(args.predictions, args.accelerated or [], args.output):
         log.info("wrote %s", path)
@@ -344,7 +347,7 @@ def _fractions(text: str) -> list[float]:
 
 
 def cmd_prune(args: argparse.Namespace) -> None:
-    from conjugacy.prune import PruneOptions, run
+    from conjugacy.beyond.prune import PruneOptions, write_pruning
 
     opts = PruneOptions(
         window=args.window,
@@ -353,7 +356,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         finetune_steps=args.finetune_steps,
         finetune_lr=args.finetune_lr,
     )
-    result = run(args.trajectory, args.output, opts)
+    result = write_pruning(args.trajectory, args.output, opts)
     log.info(
         "wrote %s: Jaccard koopman vs final magnitude %s",
         args.output,
@@ -362,14 +365,14 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_prune_report(args: argparse.Namespace) -> None:
-    from conjugacy.prune import report
+    from conjugacy.beyond.prune import report
 
     report(args.stores, args.output, args.figure)
     log.info("wrote %s and %s", args.output, args.figure)
 
 
 def cmd_monitor(args: argparse.Namespace) -> None:
-    from conjugacy.monitor import MonitorOptions, run
+    from conjugacy.beyond.monitor import MonitorOptions, write_monitor
 
     opts = MonitorOptions(
         observables=args.observable,
@@ -384,11 +387,11 @@ def cmd_monitor(args: argparse.Namespace) -> None:
         patience=args.patience,
         min_delta=args.min_delta,
     )
-    run(args.trajectory, args.output, opts)
+    write_monitor(args.trajectory, args.output, opts)
 
 
 def cmd_monitor_report(args: argparse.Namespace) -> None:
-    from conjugacy.monitor import report
+    from conjugacy.beyond.monitor import report
 
     table = report(args.stores, args.output, args.figure)
     log.info("monitor:\n%s", table.to_string(index=False))
@@ -397,7 +400,7 @@ def cmd_monitor_report(args: argparse.Namespace) -> None:
 def cmd_verify(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from conjugacy.verify import verify
+    from conjugacy.stores.verify import verify
 
     cfg = None
     if args.config is not None:
@@ -659,7 +662,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    from conjugacy.store import StoreError
+    from conjugacy.stores.contract import StoreError
 
     try:
         return args.func(args) or 0

@@ -1,58 +1,95 @@
-"""Hashes of each stage's library source, so the workflow reruns a stage when its code changes.
+"""Hashes of each stage's library code, so the workflow reruns a stage when its code changes.
 
 Snakemake's "code" trigger covers only a rule's own shell text; a rule
 carries `code_hash(stage)` in its params, and a changed hash reruns it and
-everything downstream. Standard library only: the Snakefile imports it.
+everything downstream. The files of a stage are computed, never listed by
+hand: its entry modules and every module of the package they import,
+transitively (imports inside functions included, read from the source with
+`ast`), with the `__init__.py` of every package on the way. Standard
+library only: the Snakefile imports it.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
+NAME = "conjugacy"
 
-# Library files whose content decides each stage's output.
-STAGE_SOURCES: dict[str, tuple[str, ...]] = {
-    "train": ("train.py", "recorder.py", "store.py", "systems"),
-    "koopman": (
-        "koopman.py",
-        "observables.py",
-        "dmd.py",
-        "backend.py",
-        "readahead.py",
-        "store.py",
-        "config.py",
-    ),
-    "compare": ("compare.py", "distance.py", "stats.py", "store.py"),
-    "figures": ("figures.py", "compare.py", "store.py"),
-    "windows": ("windows.py", "distance.py", "stats.py", "store.py", "figures.py"),
-    "summary": ("summary.py", "store.py"),
-    "companion": ("accuracy.py", "systems"),
-    "accuracy": ("accuracy.py", "figures.py"),
-    "prune": ("prune.py", "monitor.py", "store.py", "systems", "figures.py"),
-    "monitor": (
-        "monitor.py",
-        "koopman.py",
-        "observables.py",
-        "dmd.py",
-        "store.py",
-        "config.py",
-        "systems",
-        "figures.py",
-    ),
-    "predict": ("predict.py", "dmd.py", "train.py", "systems", "store.py", "config.py"),
-    "accelerate": ("accelerate.py", "predict.py", "dmd.py", "train.py", "systems", "store.py"),
-    "predict_summary": ("predict.py", "figures.py", "store.py"),
+# The module(s) whose functions a stage's command calls.
+STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
+    "train": ("conjugacy.training.train",),
+    "companion": ("conjugacy.training.companion",),
+    "koopman": ("conjugacy.koopman.spectrum",),
+    "compare": ("conjugacy.verdict.compare",),
+    "figures": ("conjugacy.report.figures",),
+    "windows": ("conjugacy.verdict.windows", "conjugacy.report.windows"),
+    "summary": ("conjugacy.report.summary",),
+    "accuracy": ("conjugacy.report.accuracy",),
+    "predict": ("conjugacy.beyond.predict",),
+    "accelerate": ("conjugacy.beyond.accelerate",),
+    "predict_summary": ("conjugacy.beyond.predict",),
+    "prune": ("conjugacy.beyond.prune",),
+    "monitor": ("conjugacy.beyond.monitor",),
 }
 
 
-def _files(stage: str, package: Path) -> list[Path]:
-    out: list[Path] = []
-    for name in STAGE_SOURCES[stage]:
-        path = package / name
-        out.extend(sorted(path.rglob("*.py")) if path.is_dir() else [path])
-    return out
+def module_file(module: str, package: Path = PACKAGE) -> Path | None:
+    """The source file of a module of the package (a module or a package's __init__)."""
+    parts = module.split(".")[1:]
+    base = package.joinpath(*parts)
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _parents(module: str) -> list[str]:
+    """The packages a module's import runs first: conjugacy, conjugacy.a, ..."""
+    parts = module.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def imports_of(path: Path, package: Path = PACKAGE) -> set[str]:
+    """Modules of the package that a source file imports, anywhere in it."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            # `from conjugacy.a import b`: b is a module or a name defined in conjugacy.a
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        for name in names:
+            if name.split(".")[0] == NAME and module_file(name, package) is not None:
+                found.add(name)
+    return found
+
+
+def stage_modules(stage: str, package: Path = PACKAGE) -> set[str]:
+    """Every module of the package a stage's entry modules import, transitively."""
+    todo = list(STAGE_ENTRIES[stage])
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        path = module_file(module, package)
+        if path is None:
+            raise ValueError(f"stage {stage!r}: no module {module} under {package}")
+        seen.add(module)
+        todo.extend(_parents(module))
+        todo.extend(imports_of(path, package))
+    return seen
+
+
+def stage_files(stage: str, package: Path = PACKAGE) -> list[Path]:
+    """The source files whose content decides a stage's output, in a fixed order."""
+    files = {module_file(m, package) for m in stage_modules(stage, package)}
+    return sorted(f for f in files if f is not None)
 
 
 def code_hash(stage: str, package: str | Path = PACKAGE) -> str:
@@ -63,7 +100,7 @@ def code_hash(stage: str, package: str | Path = PACKAGE) -> str:
     """
     package = Path(package)
     digest = hashlib.sha256()
-    for path in _files(stage, package):
+    for path in stage_files(stage, package):
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]

@@ -18,15 +18,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from conjugacy.systems.data import load_dataset
-from conjugacy.systems.fcn import FCN, stack_inits
-from conjugacy.systems.shapes import (
+from conjugacy.config.shapes import (
     DATASET_IMAGES,
     RESNET_BLOCKS,
     RESNET_STAGES,
     lenet_geometry,
     tensor_shapes,
 )
+from conjugacy.systems.data import load_dataset
+from conjugacy.systems.fcn import FCN, stack_inits
 
 
 def base_init(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[str, torch.Tensor]:

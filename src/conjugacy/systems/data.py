@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from conjugacy.config import ConfigError
-from conjugacy.systems.shapes import DATASET_FILES
+from conjugacy.config.shapes import DATASET_FILES
 
 # IDX type codes (the third byte of the magic number) and their big-endian dtypes.
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

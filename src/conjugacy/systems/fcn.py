@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from conjugacy.config.shapes import tensor_shapes
 from conjugacy.systems.data import load_dataset, split_holdout
-from conjugacy.systems.shapes import tensor_shapes
 
 
 def two_layer(

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from conjugacy.config.shapes import tensor_shapes
 from conjugacy.systems.fcn import FCN, base_init, stack_inits, two_layer
-from conjugacy.systems.shapes import tensor_shapes
 
 TEACHER_SEED = 20201206  # fixed: every seed and condition sees the same task
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from conjugacy.config.shapes import tensor_shapes
 from conjugacy.systems.fcn import restore_params, saved_params, snapshot_of, stack_inits
 from conjugacy.systems.modular import split
-from conjugacy.systems.shapes import tensor_shapes
 
 
 def init_std(name: str, cond: dict[str, Any]) -> float:

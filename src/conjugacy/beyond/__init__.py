@@ -1,0 +1,1 @@
+"""Beyond the comparison: Koopman jumps ahead (predict, accelerate), pruning and monitoring."""

@@ -1,0 +1,1 @@
+"""Koopman spectra: observables of a trajectory, one-pass accumulation, and DMD."""

@@ -1,0 +1,185 @@
+"""Observables of a trajectory store: selected tensors, flattened, over a step window.
+
+The store is never loaded whole: the Gram route reads it one block of
+parameters at a time (every step of those parameters), the covariance route
+one block of steps at a time (every parameter, with `delays + 1` steps of
+overlap). Both blocks are float64 copies of at most `budget` values, read
+ahead in threads (`readahead` blocks) while the caller computes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import partial
+
+import numpy as np
+import xarray as xr
+
+from conjugacy.stores.contract import StoreError, read
+from conjugacy.stores.readahead import DEPTH, prefetch
+
+BUDGET = 1 << 23  # float64 values per block read (64 MiB)
+
+
+class Observable:
+    """Selected tensors of one trajectory store, flattened per snapshot, within a window."""
+
+    def __init__(
+        self,
+        ds: xr.Dataset,
+        names: list[str],
+        window: tuple[int, int] | None = None,
+        readahead: int = DEPTH,
+    ) -> None:
+        self.ds = ds
+        self.names = names
+        self.readahead = readahead
+        steps = ds["step"].values
+        if window is None:
+            self.t0, self.t1 = 0, len(steps)
+        else:
+            self.t0 = int(np.searchsorted(steps, window[0], side="left"))
+            self.t1 = int(np.searchsorted(steps, window[1], side="left"))
+        self.steps = steps[self.t0 : self.t1]
+        self.inits = ds.sizes["init"]
+        self.sizes = {n: int(np.prod(ds[n].shape[2:], dtype=np.int64)) for n in names}
+        self.dim = sum(self.sizes.values())
+
+    @property
+    def n_steps(self) -> int:
+        return self.t1 - self.t0
+
+    def _read(self, name: str, t0: int, t1: int, rows: slice = slice(None)) -> np.ndarray:
+        """(inits, t1 - t0, values) block of one tensor in its stored dtype, rows of its first axis.
+
+        Blocks wait in the read-ahead queue as stored (float32 for nets: half
+        the memory of float64); the accumulation converts them piece by piece.
+        """
+        index = (slice(None), slice(self.t0 + t0, self.t0 + t1))
+        if self.ds[name].ndim > 2:
+            index += (rows,)
+        block = read(self.ds, name, index)
+        if not np.isfinite(block).all():
+            raise StoreError(
+                f"store {self.ds.encoding.get('source', '?')}: variable {name!r} has non-finite "
+                f"values in steps {self.steps[t0]}..{self.steps[t1 - 1]} (a missing chunk or "
+                "damaged data)"
+            )
+        return block.reshape(block.shape[0], block.shape[1], -1)
+
+    def param_ranges(self, budget: int = BUDGET) -> list[tuple[str, slice, int, int]]:
+        """The parameter blocks, in order: (tensor, rows of its first axis, first value, values).
+
+        Values are counted over the concatenated flattened observables, so a
+        block's values are [first, first + values).
+        """
+        per_row_steps = self.inits * self.n_steps
+        out, offset = [], 0
+        for name in self.names:
+            var = self.ds[name]
+            if var.ndim == 2:
+                out.append((name, slice(None), offset, 1))
+                offset += 1
+                continue
+            inner = int(np.prod(var.shape[3:], dtype=np.int64))
+            rows = max(1, budget // max(1, per_row_steps * inner))
+            chunk_rows = (var.encoding.get("chunks") or (None, None, rows))[2]
+            if rows >= chunk_rows:
+                rows -= rows % chunk_rows  # whole chunks only, so no chunk is read twice
+                starts = list(range(0, var.shape[2], rows))
+            else:  # a chunk in equal pieces, none straddling two chunks
+                pieces = -(-chunk_rows // rows)
+                starts = [
+                    c0 + (min(chunk_rows, var.shape[2] - c0) * i) // pieces
+                    for c0 in range(0, var.shape[2], chunk_rows)
+                    for i in range(pieces)
+                ]
+                starts = sorted(set(starts))
+            for r0, r1 in zip(starts, [*starts[1:], var.shape[2]], strict=True):
+                out.append((name, slice(r0, r1), offset + r0 * inner, (r1 - r0) * inner))
+            offset += var.shape[2] * inner
+        return out
+
+    def param_blocks(self, budget: int = BUDGET) -> Iterator[np.ndarray]:
+        """Every step of a block of parameters at a time: (inits, n_steps, p), read ahead.
+
+        In the stored dtype: convert to float64 before any product.
+        """
+        tasks = [
+            partial(self._read, name, 0, self.n_steps, rows)
+            for name, rows, _, _ in self.param_ranges(budget)
+        ]
+        return prefetch(tasks, self.readahead)
+
+    def _step_block(self, a: int, b: int) -> np.ndarray:
+        return np.concatenate([self._read(n, a, b) for n in self.names], axis=2, dtype=np.float64)
+
+    def step_blocks(self, overlap: int, budget: int = BUDGET) -> Iterator[tuple[int, np.ndarray]]:
+        """Blocks of consecutive snapshots, all parameters: (start, (inits, L, dim)).
+
+        Successive blocks share `overlap` snapshots, so every window of
+        overlap + 1 consecutive snapshots lies whole in exactly one block.
+        """
+        length = max(overlap + 2, budget // max(1, self.inits * self.dim))
+        stride = length - overlap
+        spans = []
+        for a in range(0, max(self.n_steps - overlap, 1), stride):
+            b = min(a + length, self.n_steps)
+            spans.append((a, b))
+            if b == self.n_steps:
+                break
+        blocks = prefetch([partial(self._step_block, a, b) for a, b in spans], self.readahead)
+        return zip([a for a, _ in spans], blocks, strict=True)
+
+
+def lift(block: np.ndarray, delays: int) -> np.ndarray:
+    """Time-delay embedding of (inits, L, P) snapshots: (inits, L - delays, (delays + 1) * P).
+
+    Column t of an init is [x_t, x_t+1, ..., x_t+delays] stacked (delay-major).
+    """
+    n, length, p = block.shape
+    if delays == 0:
+        return block
+    windows = np.lib.stride_tricks.sliding_window_view(block, delays + 1, axis=1)
+    # windows: (inits, L - delays, P, delays + 1) -> delay-major lifted vectors
+    return windows.transpose(0, 1, 3, 2).reshape(n, length - delays, (delays + 1) * p)
+
+
+def lifted_gram(gram: np.ndarray, inits: int, n_steps: int, delays: int) -> np.ndarray:
+    """Gram of delay-embedded snapshots from the plain Gram: a sum of shifted blocks.
+
+    gram is (inits*T, inits*T) over snapshots ordered (init, step); the result
+    is (inits, m, inits, m) with m = T - delays. Summed block by block in
+    float64 (no prefix sums, which would cancel catastrophically).
+    """
+    g = gram.reshape(inits, n_steps, inits, n_steps)
+    m = n_steps - delays
+    out = g[:, :m, :, :m].copy()
+    for d in range(1, delays + 1):
+        out += g[:, d : d + m, :, d : d + m]
+    return out
+
+
+def lift_gram_inplace(
+    gram: np.ndarray, inits: int, n_steps: int, delays: int, budget: int = BUDGET
+) -> np.ndarray:
+    """`lifted_gram` written over the plain Gram itself: returns a view (inits, m, inits, m).
+
+    No second (inits*T)^2 matrix: rows are done in ascending groups, each
+    from a copy of the rows it reads (the group and the `delays` after it,
+    not yet overwritten), summed in the same order as `lifted_gram`, so the
+    result is bitwise the same.
+    """
+    g = gram.reshape(inits, n_steps, inits, n_steps)
+    m = n_steps - delays
+    if delays == 0:
+        return g
+    rows = max(1, budget // max(1, inits * inits * n_steps) - delays)
+    for t0 in range(0, m, rows):
+        t1 = min(t0 + rows, m)
+        src = g[:, t0 : t1 + delays].copy()
+        c = t1 - t0
+        g[:, t0:t1, :, :m] = src[:, :c, :, :m]
+        for d in range(1, delays + 1):
+            g[:, t0:t1, :, :m] += src[:, d : d + c, :, d : d + m]
+    return g[:, :m, :, :m]

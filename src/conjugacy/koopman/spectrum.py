@@ -1,0 +1,492 @@
+"""Stage 2: Koopman eigenvalues of one trajectory store by DMD.
+
+Snapshot pairs of all inits are pooled (no pair crosses two inits) and one
+DMD is fitted. One pass over the store accumulates, in float64, the plain
+snapshot Gram (when the lifted dimension D exceeds the number of pairs M, or
+when PCA is asked for) or the lifted covariance (otherwise). Time delays are
+applied to the accumulated matrix or per block, never to the whole data.
+Modes, when asked for, take a second pass (Gram and QR-tall routes) or come
+from the accumulated covariance (the others).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from conjugacy.config import ConfigError, check_koopman
+from conjugacy.koopman.backend import NumpyBackend, TorchBackend, backend
+from conjugacy.koopman.dmd import (
+    DMDError,
+    DMDResult,
+    condition_number,
+    dmd_dense,
+    dmd_from_covariance,
+    dmd_from_gram_factors,
+    leading_eigh,
+    needs_qr,
+    rank_bound,
+    require_finite,
+    select_rank,
+    squared_tol,
+    tsqr_update,
+)
+from conjugacy.koopman.observables import BUDGET, Observable, lift, lift_gram_inplace
+from conjugacy.stores.contract import (
+    CHECKSUM,
+    StoreError,
+    claim_output,
+    open_trajectory,
+    seal,
+    tensor_variables,
+    write_dataset,
+)
+from conjugacy.stores.readahead import DEPTH
+
+log = logging.getLogger(__name__)
+
+Backend = NumpyBackend | TorchBackend
+MODE_CHUNK = 1 << 17  # values per chunk of the modes array (times the rank, complex128)
+
+
+@dataclass
+class KoopmanOptions:
+    observables: list[str] | None = None
+    delays: int = 0
+    rank: int | float | str = "full"
+    window: tuple[int, int] | None = None
+    pca: int | None = None
+    variant: str = "exact"
+    device: str = "cpu"
+    modes: bool = False
+    readahead: int = DEPTH
+
+
+def accumulate_gram(obs: Observable, be: Backend | None = None) -> np.ndarray:
+    """X^T X over every snapshot (init-major), one block of parameters at a time."""
+    be = be or NumpyBackend()
+    n = obs.inits * obs.n_steps
+    acc = be.zeros((n, n))
+    for block in obs.param_blocks():
+        be.add_gram(acc, block.reshape(n, -1))
+    return be.finish_gram(acc)
+
+
+def pairs_of(lifted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(X, Y) rows of snapshot pairs of lifted (inits, L, D) data: pairs never cross inits."""
+    d = lifted.shape[2]
+    return lifted[:, :-1].reshape(-1, d), lifted[:, 1:].reshape(-1, d)
+
+
+def gram_route(
+    obs: Observable,
+    delays: int,
+    rank: int | float | str,
+    dim: int,
+    variant: str = "exact",
+    be: Backend | None = None,
+) -> DMDResult:
+    """D > M: the lifted Gram is a sum of shifted blocks of the plain snapshot Gram.
+
+    Memory: the plain Gram (inits*T)^2, turned into the lifted one in place,
+    then one M x M copy of X^T X for the eigensolver and its eigenvectors.
+    X^T Y is never formed: Y^T X V_r is summed block by block from the
+    lifted Gram's views.
+    """
+    n, t = obs.inits, obs.n_steps
+    m = t - delays  # lifted snapshots per init
+    k = m - 1  # pairs per init
+    h = lift_gram_inplace(accumulate_gram(obs, be), n, t, delays)  # (n, m, n, m) view
+    size = n * k
+    gxx = np.empty((n, k, n, k))
+    gxx[...] = h[:, :k, :, :k]
+    gx0 = h[:, :k, :, 0].reshape(size, n)  # X^T x0: the first lifted snapshot of each init
+    tol = squared_tol(max(dim, size))
+    lam, vr = leading_eigh(
+        gxx.reshape(size, size),
+        lambda lam: select_rank(np.sqrt(lam), rank, tol, (dim, size)),
+        rank_bound(rank),
+        overwrite=True,
+    )
+    del gxx
+    s_all = np.sqrt(lam)
+    r = vr.shape[1]
+    vr = np.ascontiguousarray(vr)
+    v4 = vr.reshape(n, k, r)
+    ytxv = np.zeros((n, k, r))
+    for a in range(n):  # Y^T X V_r: rows at y positions (t >= 1), columns at x positions
+        for b in range(n):
+            ytxv[a] += h[a, 1:, b, :k] @ v4[b]
+    return dmd_from_gram_factors(s_all, r, vr, ytxv.reshape(size, r), gx0, variant)
+
+
+def lag_products(
+    obs: Observable, delays: int, be: Backend | None = None, budget: int = BUDGET
+) -> tuple[np.ndarray, np.ndarray]:
+    """Lagged sums B(a, b) = sum over inits and t < k of s_(t+a) s_(t+b)^T, a, b in 0..d+1.
+
+    With d delays the lifted snapshot is x_t = [s_t, ..., s_(t+d)], so every
+    p x p block of X X^T, Y X^T and Y Y^T is one B(a, b). The pass over the
+    store sums only the d + 2 lags B(0, l); B(a + 1, a + 1 + l) follows from
+    B(a, a + l) by removing the pair at the head and adding the one at the
+    tail: (d + 2) instead of (d + 2)^2 products of the data, each term added
+    or removed once, so rounding is that of direct summation. Returns B as
+    ((d + 2), p, (d + 2), p) float64 and the first d + 1 snapshots (inits, d + 1, p).
+    """
+    be = be or NumpyBackend()
+    t, lags = obs.n_steps, delays + 2
+    k = t - delays - 1  # pairs per init
+    base = head = tail = None
+    for start, block in obs.step_blocks(overlap=lags - 1, budget=budget):
+        if base is None:
+            base = [be.zeros((block.shape[2], block.shape[2])) for _ in range(lags)]
+            head = block[:, : lags - 1].copy()
+        u0, u1 = start, min(k, start + block.shape[1] - (lags - 1))  # t whose lags lie here
+        if u1 > u0:
+            first = block[:, u0 - start : u1 - start].reshape(-1, block.shape[2])
+            for lag in range(lags):
+                other = block[:, u0 - start + lag : u1 - start + lag].reshape(first.shape)
+                be.add_product(base[lag], first, other)
+        if start + block.shape[1] == t:
+            tail = block[:, block.shape[1] - (lags - 1) :].copy()  # s_k .. s_(T-1)
+    p = head.shape[2]
+    out = np.empty((lags, p, lags, p))
+    diag = [np.array(be.numpy(b), dtype=np.float64) for b in base]  # B(a, a + l) at a = 0
+    for a in range(lags):
+        for lag in range(lags - a):
+            out[a, :, a + lag] = diag[lag]
+            out[a + lag, :, a] = diag[lag].T
+        for lag in range(lags - a - 1):  # step to B(a + 1, a + 1 + l): head pair out, tail in
+            diag[lag] -= head[:, a].T @ head[:, a + lag]
+            diag[lag] += tail[:, a].T @ tail[:, a + lag]
+    return out, head
+
+
+def covariance_route(
+    obs: Observable,
+    delays: int,
+    rank: int | float | str,
+    n_pairs: int,
+    variant: str = "exact",
+    be: Backend | None = None,
+) -> DMDResult:
+    """D <= M: X X^T, Y X^T (and Y Y^T for tls, fb) of the lifted pairs, from lag products."""
+    b, head = lag_products(obs, delays, be)
+    d = (delays + 1) * b.shape[1]
+    cxx = b[:-1, :, :-1].reshape(d, d)
+    cyx = b[1:, :, :-1].reshape(d, d)
+    cyy = b[1:, :, 1:].reshape(d, d) if variant != "exact" else None
+    x0 = head.reshape(head.shape[0], d).T.copy()  # first lifted snapshot of each init
+    return dmd_from_covariance(cxx, cyx, x0, rank, n_pairs, cyy=cyy, variant=variant)
+
+
+def qr_tall_route(
+    obs: Observable, delays: int, rank: int | float | str, size: int, variant: str = "exact"
+) -> DMDResult:
+    """D > M, ill-conditioned: streaming QR of the lifted snapshots Z (D x inits*m).
+
+    Z = Q R, so X = Q R[:, x] and Y = Q R[:, y]: DMD of the small coefficient
+    matrices has the same eigenvalues, with R accurate to eps * s_max.
+    """
+    n, m = obs.inits, obs.n_steps - delays
+    r = None
+    for block in obs.param_blocks(budget=BUDGET // (delays + 1)):
+        rows = np.concatenate(
+            [block[:, d : d + m] for d in range(delays + 1)], axis=2, dtype=np.float64
+        )
+        r = tsqr_update(r, rows.reshape(n * m, -1).T)
+    cols = np.arange(n * m).reshape(n, m)
+    x_cols, y_cols = cols[:, :-1].ravel(), cols[:, 1:].ravel()
+    shape = (obs.dim * (delays + 1), x_cols.size)
+    res = dmd_dense(r[:, x_cols], r[:, y_cols], r[:, cols[:, 0]], rank, size, variant, shape)
+    res.y_basis = None  # in the basis Q, not the lifted space: modes take the second pass
+    return res
+
+
+def qr_wide_route(
+    obs: Observable, delays: int, rank: int | float | str, size: int, variant: str = "exact"
+) -> DMDResult:
+    """D <= M, ill-conditioned: streaming QR of the pair rows [X^T | Y^T] (M x 2D).
+
+    [X^T | Y^T] = Q R gives X = R[:, :D]^T Q^T and Y = R[:, D:]^T Q^T: DMD of
+    the D x 2D coefficient matrices has the same eigenvalues and modes.
+    """
+    r = x0 = None
+    n_pairs = 0
+    for start, block in obs.step_blocks(overlap=delays + 1):
+        lifted = lift(block, delays)
+        pairs = np.hstack(pairs_of(lifted))
+        n_pairs += pairs.shape[0]
+        r = tsqr_update(r, pairs)
+        if start == 0:
+            x0 = lifted[:, 0].T.copy()
+    d = r.shape[1] // 2
+    res = dmd_dense(r[:, :d].T, r[:, d:].T, x0, rank, size, variant, (d, n_pairs))
+    res.pair_coefs = None  # over the rows of Q, not the pairs; y_basis is the lifted one
+    return res
+
+
+def pca_scores(gram: np.ndarray, k: int) -> np.ndarray:
+    """Scores on the first k principal components, from the snapshot Gram.
+
+    Equal (up to the sign of each component) to scikit-learn's
+    PCA(k).fit_transform of the pooled snapshots: centred by the snapshot
+    mean, with no further centring afterwards.
+    """
+    require_finite(gram)
+    centred = gram - gram.mean(axis=0)[None, :] - gram.mean(axis=1)[:, None] + gram.mean()
+    lam, vec = np.linalg.eigh((centred + centred.T) / 2)
+    lam, vec = np.clip(lam[::-1][:k], 0.0, None), vec[:, ::-1][:, :k]
+    return vec * np.sqrt(lam)[None, :]
+
+
+def machine_memory() -> int:
+    """Bytes of memory this machine has: the default bound of a decomposition."""
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def peak_bytes(inits: int, steps: int, values: int, delays: int, pca: int | None) -> int:
+    """An estimate of a decomposition's peak memory, from the sizes alone (before any read).
+
+    The squared matrix dominates: three (inits * steps)^2 float64 matrices on
+    the Gram and PCA routes, the lag products and three lifted-dimension
+    squares on the covariance route; plus the blocks read at a time.
+    """
+    lifted = (pca or values) * (delays + 1)
+    pairs = inits * (steps - delays - 1)
+    if pca is not None or lifted > pairs:
+        squares = 3 * (inits * steps) ** 2
+    else:
+        squares = (delays + 2) ** 2 * values**2 + 3 * lifted**2
+    return 8 * (squares + 3 * BUDGET)
+
+
+def check_memory(ds: xr.Dataset, names: list[str], opts: KoopmanOptions, limit: int, path) -> None:
+    """Stop before reading when the decomposition would need more than `limit` bytes."""
+    steps = [int(s) for s in ds["step"].values]
+    if opts.window is not None:
+        steps = [s for s in steps if opts.window[0] <= s < opts.window[1]]
+    values = sum(int(np.prod(ds[n].shape[2:], dtype=np.int64)) for n in names)
+    need = peak_bytes(ds.sizes["init"], len(steps), values, opts.delays, opts.pca)
+    if need > limit:
+        raise StoreError(
+            f"trajectory store {path}: the decomposition would need about {need / 2**30:.1f} GiB "
+            f"({ds.sizes['init']} inits x {len(steps)} snapshots x {values} values), more than "
+            f"the {limit / 2**30:.1f} GiB allowed (--max-memory); use a window, PCA or fewer "
+            "observables, or raise --max-memory"
+        )
+
+
+def check_dtypes(ds: xr.Dataset, names: list[str], path) -> None:
+    """Observables must be real numbers: the DMD of this project is over the reals."""
+    for name in names:
+        kind = ds[name].dtype.kind
+        if kind not in "fiub":
+            raise StoreError(
+                f"trajectory store {path}: variable {name!r} has dtype {ds[name].dtype}; "
+                "expected real numbers (float or integer)"
+            )
+
+
+def _wanted(rank: int | float | str, result: DMDResult) -> int | str:
+    """The rank needs_qr checks: an integer or "full" as asked, else the rank a rule chose."""
+    return rank if rank == "full" or isinstance(rank, int) else result.rank
+
+
+def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[str, Any]]:
+    """Fit one pooled DMD to an observable; return it with facts about the fit.
+
+    The route is chosen by size (Gram when D > M, covariance otherwise), and
+    switches to the matching QR route when the squared matrix cannot resolve
+    the singular values the rank asks for (the log says so, with the
+    condition number).
+    """
+    n, t, delays = obs.inits, obs.n_steps, opts.delays
+    values = opts.pca if opts.pca is not None else obs.dim
+    lifted_dim = values * (delays + 1)
+    n_pairs = n * (t - delays - 1)
+    size = max(lifted_dim, n_pairs)
+    be = backend(opts.device)
+    variant = opts.variant
+    if opts.pca is not None:
+        route = "pca"
+        scores = pca_scores(accumulate_gram(obs, be), opts.pca).reshape(n, t, opts.pca)
+        lifted = lift(scores, delays)
+        x, y = pairs_of(lifted)
+        shape = (lifted_dim, n_pairs)
+        result = dmd_dense(x.T, y.T, lifted[:, 0].T, opts.rank, size, variant, shape)
+        result.y_basis = result.pair_coefs = None  # modes of PCA scores: not written
+    else:
+        tall = lifted_dim > n_pairs
+        route = "gram" if tall else "covariance"
+        if tall:
+            result = gram_route(obs, delays, opts.rank, lifted_dim, variant, be)
+        else:
+            result = covariance_route(obs, delays, opts.rank, n_pairs, variant, be)
+        wanted = _wanted(opts.rank, result)
+        if needs_qr(result.singular_values, wanted):
+            log.warning(
+                "the %s matrix is ill-conditioned for rank %s: condition number %.2e "
+                "(float64 resolves about 1e8 well); switching to the stable QR route",
+                route,
+                opts.rank,
+                condition_number(result.singular_values, wanted),
+            )
+            route = "qr-tall" if tall else "qr-wide"
+            qr = qr_tall_route if tall else qr_wide_route
+            result = qr(obs, delays, opts.rank, size, variant)
+    facts = {
+        "route": route,
+        "lifted_dim": lifted_dim,
+        "n_pairs": n_pairs,
+        "n_inits": n,
+        "n_snapshots": t,
+    }
+    log.info(
+        "DMD %s (%s) %s route on %s: %d inits x %d snapshots, lifted dim %d, %d pairs, rank %d",
+        variant,
+        opts.rank,
+        route,
+        be.name,
+        n,
+        t,
+        lifted_dim,
+        n_pairs,
+        result.rank,
+    )
+    return result, facts
+
+
+def write_modes(group: zarr.Group, obs: Observable, result: DMDResult, delays: int) -> None:
+    """DMD modes of the observables' values as a chunked (mode, value) complex128 array.
+
+    Modes are those of the first delay block of the lifted space (the
+    snapshot itself). Where Y V S^-1 is only known through pair coefficients
+    (Gram and QR-tall routes), a second pass over the store forms it block by
+    block: Y's first delay block is the snapshots 1 .. m-1 of each init.
+    """
+    r, dim = result.rank, obs.dim
+    arr = group.create_array(
+        "modes",
+        shape=(r, dim),
+        chunks=(r, min(dim, MODE_CHUNK)),
+        dtype="complex128",
+        fill_value=complex("nan+nanj"),
+        compressors=CHECKSUM,
+        dimension_names=("mode", "value"),
+    )
+    if result.y_basis is not None:
+        arr[:] = result.mode_matrix(result.y_basis[:dim]).T
+        return
+    m = obs.n_steps - delays
+    ranges = obs.param_ranges()
+    for (_, _, first, count), block in zip(ranges, obs.param_blocks(), strict=True):
+        y = block[:, 1:m].reshape(-1, count).astype(np.float64)  # (pairs, values), init-major
+        arr[:, first : first + count] = result.mode_matrix(y.T @ result.pair_coefs).T
+
+
+def spectrum_dataset(result: DMDResult, attrs: dict[str, Any]) -> xr.Dataset:
+    """The spectrum store's dataset (the contract in the README)."""
+    return xr.Dataset(
+        {
+            "eigenvalues": ("mode", result.eigenvalues),
+            "amplitudes": (("mode", "init"), result.amplitudes),
+            "singular_values": ("component", result.singular_values),
+        },
+        attrs={**attrs, "rank": result.rank},
+    )
+
+
+def excluded_dataset(ds: xr.Dataset, attrs: dict[str, Any]) -> xr.Dataset:
+    """A spectrum with no eigenvalues that says why: its trajectory diverged."""
+    empty = np.zeros(0, dtype=np.complex128)
+    reason = (
+        f"trajectory diverged at step {ds.attrs.get('diverged_step')} "
+        f"({ds.attrs.get('diverged_reason', 'non-finite values')})"
+    )
+    return xr.Dataset(
+        {
+            "eigenvalues": ("mode", empty),
+            "amplitudes": (("mode", "init"), np.zeros((0, ds.sizes["init"]), np.complex128)),
+            "singular_values": ("component", np.zeros(0)),
+        },
+        attrs={**attrs, "rank": 0, "excluded": reason},
+    )
+
+
+def write_spectrum(
+    trajectory: str | Path,
+    out: str | Path,
+    opts: KoopmanOptions,
+    skip_diverged: bool = False,
+    max_memory: int | None = None,
+) -> xr.Dataset:
+    """Open, check the options against the store, decompose, and write the spectrum store.
+
+    A diverged trajectory is refused, or with `skip_diverged` (as the
+    workflow asks) answered by an `excluded` spectrum for compare to report.
+    With `modes`, the store also gets the `modes` array and is sealed after it.
+    Everything is checked before any data is read: the output path, the
+    options, the dtypes and the memory the decomposition would need
+    (at most `max_memory` bytes, default what the machine has).
+    """
+    claim_output(out, "spectrum", inputs=[trajectory])
+    ds = open_trajectory(trajectory, allow_diverged=skip_diverged)
+    available = tensor_variables(ds)
+    shapes = {n: tuple(ds[n].shape[2:]) for n in available}
+    names = opts.observables or available
+    check_koopman(
+        asdict(opts),
+        shapes,
+        [int(s) for s in ds["step"].values],
+        ds.sizes["init"],
+        label=lambda key: f"option --{key} (store {trajectory})",
+    )
+    if opts.modes and opts.pca is not None:
+        raise ConfigError(
+            f"option --modes (store {trajectory}): modes are of the observables' values, "
+            "not of PCA scores; expected --modes without --pca"
+        )
+    check_dtypes(ds, list(names), trajectory)
+    check_memory(ds, list(names), opts, max_memory or machine_memory(), trajectory)
+    backend(opts.device)  # a missing GPU is an error before any data is read
+    settings = {
+        "observables": list(names),
+        "delays": opts.delays,
+        "rank_requested": str(opts.rank),
+        "window": list(opts.window) if opts.window else None,
+        "pca": opts.pca,
+        "variant": opts.variant,
+        "device": opts.device,
+    }
+    source = {k: ds.attrs[k] for k in ("experiment", "condition", "seed") if k in ds.attrs}
+    attrs = {**source, **settings, "trajectory": str(trajectory)}
+    if ds.attrs.get("status") == "diverged":
+        spectrum = excluded_dataset(ds, attrs)
+        log.warning("%s: %s; wrote an excluded spectrum", trajectory, spectrum.attrs["excluded"])
+        write_dataset(spectrum, out, role="spectrum", status="excluded")
+        return spectrum
+    obs = Observable(ds, list(names), opts.window, readahead=opts.readahead)
+    try:
+        result, facts = decompose(obs, opts)
+    except DMDError as exc:
+        raise StoreError(f"trajectory store {trajectory}: {exc}") from None
+    spectrum = spectrum_dataset(result, {**attrs, **facts})
+    if not opts.modes:
+        write_dataset(spectrum, out, role="spectrum")
+        return spectrum
+    write_dataset(
+        spectrum, out, role="spectrum", status="incomplete"
+    )  # sealed once the modes are in
+    group = zarr.open_group(Path(out), mode="r+", zarr_format=3)
+    write_modes(group, obs, result, opts.delays)
+    seal(group, "complete", mode_values={n: obs.sizes[n] for n in obs.names})
+    log.info("wrote modes (%d x %d) into %s", result.rank, obs.dim, out)
+    return spectrum

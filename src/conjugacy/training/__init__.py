@@ -1,0 +1,1 @@
+"""Training: batched systems stepped and recorded into trajectory stores, with checkpoints."""

@@ -1,0 +1,166 @@
+"""Stage 1: train one (condition, seed) with all its inits and record the trajectory.
+
+The store is built in a working directory outside the declared output
+(Snakemake deletes a declared output before a job runs), next to a
+checkpoint of the training state taken every `checkpoint_every` steps
+(arrays and JSON, never a pickle). A job killed or out of wall time resumes
+from its last checkpoint, and only a finished store is moved to the output
+path, so a partial store never stands where a complete one is expected.
+Training stops at the first non-finite loss or recorded parameter and seals
+the store as `diverged`. The output and the working directory are checked
+before any work: neither may hold anything this project did not write.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from conjugacy.config import ConfigError, training_config, training_json
+from conjugacy.config.shapes import recorded_snapshots, tensor_shapes
+from conjugacy.stores.contract import TrajectoryWriter, claim_output
+from conjugacy.training import checkpoint
+from conjugacy.training.checkpoint import STORE
+from conjugacy.training.recorder import Recorder, block_steps
+
+log = logging.getLogger(__name__)
+
+
+def make_system(cond: dict[str, Any], seed: int):
+    """The batched system of a condition: a toy optimizer or a stack of nets."""
+    if cond["system"] in ("fcn", "mlp", "cnn", "transformer"):
+        # cuBLAS is deterministic only with a fixed workspace; set before CUDA starts.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        import torch
+
+        from conjugacy.systems.fcn import FCN
+
+        if cond["device"] == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(
+                "device: cuda is set but torch finds no CUDA device "
+                f"(torch {torch.__version__}); set device: cpu or run where a GPU is visible"
+            )
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        if cond["system"] == "cnn":
+            from conjugacy.systems.cnn import CNN
+
+            return CNN(cond, seed, device=cond["device"]), "float32"
+        if cond["system"] == "transformer":
+            from conjugacy.systems.transformer import Transformer
+
+            return Transformer(cond, seed, device=cond["device"]), "float32"
+        if cond["system"] == "mlp":
+            from conjugacy.systems.mlp import MLP
+
+            return MLP(cond, seed, device=cond["device"]), "float32"
+        return FCN(cond, seed, device=cond["device"]), "float32"
+    from conjugacy.systems.toys import Toy
+
+    return Toy(cond, seed), "float64"
+
+
+def working_dir(out: Path, checkpoint_dir: str | Path | None) -> Path:
+    """Where the store is built and checkpoints kept: given, or beside the output."""
+    return Path(checkpoint_dir) if checkpoint_dir else out.with_name(out.name + ".partial")
+
+
+def first_bad(loss: np.ndarray, snapshot: dict[str, np.ndarray] | None) -> str | None:
+    """Why a step is not finite (loss or a recorded tensor), or None.
+
+    A sum is finite only if every term is (or, rarely, overflows), so one
+    reduction per tensor clears the usual case; elements are checked only then.
+    """
+    if not np.isfinite(loss).all():
+        return "non-finite loss"
+    for name, values in (snapshot or {}).items():
+        with np.errstate(over="ignore", invalid="ignore"):
+            total = values.sum(dtype=np.float64)
+        if not np.isfinite(total) and not np.isfinite(values).all():
+            return f"non-finite {name}"
+    return None
+
+
+def _run(system, recorder, start, total, every, ckpt, progress, work, key, condition, seed):
+    """The training loop: step, record, stop at divergence, checkpoint every `ckpt` updates."""
+    record = list(recorder.writer.tensors)
+    for t in tqdm(range(start, total + 1), disable=not progress, mininterval=2.0, desc="train"):
+        snap = system.snapshot(record) if t % every == 0 else None
+        loss = system.step() if t < total else system.loss()
+        if snap is not None:
+            recorder.record(snap, loss)
+        reason = first_bad(loss, snap)
+        if reason is not None:
+            log.warning("%s seed %d diverged at step %d: %s", condition, seed, t, reason)
+            recorder.close("diverged", diverged_step=t, diverged_reason=reason)
+            return
+        if ckpt and t < total and (t + 1) % ckpt == 0:
+            recorder.flush()
+            checkpoint.save(work, key, t + 1, system.state())
+    recorder.close()
+
+
+def train(
+    cond: dict[str, Any],
+    seed: int,
+    out: str | Path,
+    experiment: str = "",
+    condition: str = "",
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+) -> Path:
+    """Run every init of one seed for cond['steps'] updates; the store ends up at `out`."""
+    out = Path(out)
+    work = working_dir(out, checkpoint_dir)
+    claim_output(out, "trajectory", inputs=[work])
+    checkpoint.claim(work)
+    system, dtype = make_system(cond, seed)
+    shapes = tensor_shapes(cond)
+    record = cond.get("record", sorted(shapes))
+    steps = recorded_snapshots(cond)
+    key = f"{training_json(cond)}|seed={seed}"
+    state = checkpoint.load(work, key)
+    start = 0
+    if state is None:
+        checkpoint.clear(work)
+    else:
+        system.load_state(state["system"])
+        start = state["next_step"]
+        log.info("resuming %s seed %d from its checkpoint at step %d", condition, seed, start)
+    attrs = {
+        "experiment": experiment,
+        "condition": condition,
+        "seed": seed,
+        "config": training_config(cond),
+    }
+    writer = TrajectoryWriter(
+        work / STORE,
+        {n: shapes[n] for n in record},
+        steps,
+        system.inits,
+        dtype,
+        attrs,
+        resume=state is not None,
+    )
+    recorder = Recorder(
+        writer, system.inits, dtype, block_steps(writer, dtype), bisect.bisect_left(steps, start)
+    )
+    every, total, ckpt = cond["record_every"], cond["steps"], cond["checkpoint_every"]
+    log.info("training %s seed %d: %d inits, %d steps", condition, seed, system.inits, total)
+    try:
+        _run(system, recorder, start, total, every, ckpt, progress, work, key, condition, seed)
+    finally:
+        recorder.stop()  # a failed step must not leave the writer thread waiting
+    if out.exists():  # a trajectory store of ours (claim_output checked it)
+        shutil.rmtree(claim_output(out, "trajectory"))
+    os.replace(work / STORE, out)
+    checkpoint.release(work)
+    return out

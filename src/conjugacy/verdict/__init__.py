@@ -1,0 +1,1 @@
+"""Verdicts: Wasserstein distances between spectra and the permutation test over seeds."""

@@ -1,0 +1,89 @@
+"""The koopman command on a trained store, against a dense DMD of the same data in plain numpy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import REPO
+from scipy.optimize import linear_sum_assignment
+
+from conjugacy.cli import main
+
+CONFIG = REPO / "config" / "config.yaml"
+
+
+@pytest.fixture(scope="module")
+def omd_store(tmp_path_factory) -> Path:
+    """The shipped omd condition, seed 0, trained through the CLI (25 inits x 100 snapshots)."""
+    out = tmp_path_factory.mktemp("train") / "omd.zarr"
+    argv = ["train", "--config", str(CONFIG), "--condition", "omd", "--seed", "0"]
+    assert main([*argv, "-o", str(out), "--quiet"]) == 0
+    return out
+
+
+def dense_dmd(data: np.ndarray, delays: int, rank: int):
+    """Exact DMD by a full SVD of the pooled, delay-embedded pairs (inits, steps, p) of `data`.
+
+    Lifted snapshot t of an init: [s_t, s_(t+1), ..., s_(t+delays)]; pairs never
+    cross inits. Returns eigenvalues, amplitudes (rank, inits) and all singular values.
+    """
+    n, t, p = data.shape
+    m = t - delays
+    lifted = np.concatenate([data[:, k : k + m] for k in range(delays + 1)], axis=2)
+    x = lifted[:, :-1].reshape(-1, p * (delays + 1)).T
+    y = lifted[:, 1:].reshape(-1, p * (delays + 1)).T
+    u, s, vh = np.linalg.svd(x, full_matrices=False)
+    u, sr, v = u[:, :rank], s[:rank], vh[:rank].T
+    mu, w = np.linalg.eig(u.T @ y @ v / sr[None, :])
+    amplitudes = np.linalg.solve(w, u.T @ lifted[:, 0].T)
+    return mu, amplitudes, s
+
+
+def matched(found: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """Indices into `ref` of the best one-to-one matching of `found` (equal sizes)."""
+    rows, cols = linear_sum_assignment(np.abs(found[:, None] - ref[None, :]))
+    return cols[np.argsort(rows)]
+
+
+@pytest.mark.parametrize(
+    ("argv", "delays", "window", "rank", "route"),
+    [
+        (["--delays", "4"], 4, slice(None), 10, "qr-wide"),
+        (["--delays", "4", "--rank", "3"], 4, slice(None), 3, "covariance"),
+        (["--delays", "2", "--window", "10:60"], 2, slice(10, 60), 6, "qr-wide"),
+        ([], 0, slice(None), 2, "covariance"),
+    ],
+    ids=["delays4", "delays4-rank3", "delays2-window", "plain"],
+)
+def test_koopman_cli_matches_a_dense_dmd_of_the_store(
+    tmp_path, omd_store, argv, delays, window, rank, route
+):
+    """Eigenvalues, |amplitudes| and singular values written by the CLI equal a dense DMD's."""
+    spec = tmp_path / "spec.zarr"
+    assert main(["koopman", str(omd_store), "-o", str(spec), *argv]) == 0
+    ds = xr.open_zarr(spec, consolidated=False)
+    data = xr.open_zarr(omd_store, consolidated=False)["x"].values[:, window].astype(np.float64)
+    mu, amplitudes, s = dense_dmd(data, delays, rank)
+    n, t, _ = data.shape
+    assert ds.attrs["route"] == route and ds.attrs["rank"] == rank
+    assert ds.attrs["n_pairs"] == n * (t - delays - 1) and ds.attrs["lifted_dim"] == 2 * (
+        delays + 1
+    )
+    assert ds.attrs["condition"] == "omd" and ds.attrs["seed"] == 0
+    eig = ds["eigenvalues"].values
+    assert eig.shape == (rank,) and eig.dtype == np.complex128
+    order = matched(eig, mu)
+    np.testing.assert_allclose(eig, mu[order], rtol=0, atol=1e-8)
+    assert np.all(np.diff(np.abs(eig)) <= 1e-12)  # stored by decreasing modulus
+    # Eigenvectors are unit-norm in both, up to a phase: amplitudes agree in modulus.
+    np.testing.assert_allclose(
+        np.abs(ds["amplitudes"].values),
+        np.abs(amplitudes[order]),
+        rtol=0,
+        atol=1e-6 * np.abs(amplitudes).max(),
+    )
+    stored_s = ds["singular_values"].values
+    np.testing.assert_allclose(stored_s[:rank], s[:rank], rtol=0, atol=1e-10 * s[0])
