@@ -10,10 +10,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 
-from conjugacy.config import ConfigError
+from conjugacy.config import ConfigError, option_label
+from conjugacy.config.schema import defaults
+from conjugacy.config.schema import settings as config_settings
 from conjugacy.stores.readahead import DEPTH
 
 log = logging.getLogger("conjugacy")
@@ -79,6 +82,16 @@ def _bytes(text: str) -> int:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"expected a size such as 8G or 512M, got {text!r}")
     return int(value)
+
+
+def _name(text: str) -> str:
+    """argparse type: a condition or experiment name (a folder name of results)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}", text):
+        raise argparse.ArgumentTypeError(
+            f"expected letters, digits, '_' and '-' starting with a letter or digit, "
+            f"got {text[:40]!r}"
+        )
+    return text
 
 
 def _spec(text: str) -> dict:
@@ -147,23 +160,18 @@ def cmd_koopman(args: argparse.Namespace) -> None:
 
     share_one_arena()  # read-ahead threads reuse the same freed blocks
 
-    opts = KoopmanOptions(
-        observables=args.observable,
-        delays=args.delays,
-        rank=args.rank,
-        window=args.window,
-        pca=args.pca,
-        variant=args.variant,
-        device=args.device,
-        modes=args.modes,
-        readahead=args.readahead,
-    )
+    keys = {k: k for k in ("delays", "rank", "window", "pca", "variant", "device", "modes")}
+    given = {**args.settings, **_given(args, {**keys, "observables": "observable"})}
+    settings = config_settings("koopman", given, option_label)
+    opts = KoopmanOptions.from_settings(settings, readahead=args.readahead)
+    label = {k: getattr(args, k) for k in ("condition", "seed") if getattr(args, k) is not None}
     spectrum = write_spectrum(
         args.trajectory,
         args.output,
         opts,
         skip_diverged=args.skip_diverged,
         max_memory=args.max_memory,
+        label=label,
     )
     log.info("wrote %s: %d eigenvalues", args.output, spectrum.sizes["mode"])
 
@@ -172,7 +180,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
     from conjugacy.config import check_verdict_options, option_label
     from conjugacy.verdict.compare import write_verdicts
 
-    options = {k: getattr(args, k) for k in ("alpha", "max_ratio", "permutations", "correction")}
+    keys = ("alpha", "max_ratio", "permutations", "correction", "bootstrap", "bootstrap_seed")
+    options = {k: getattr(args, k) for k in keys}
     pairs = {"pairs": args.pair} if args.pair is not None else {}
     check_verdict_options(options | pairs, option_label)  # before any store is read
     table = write_verdicts(
@@ -183,6 +192,8 @@ def cmd_compare(args: argparse.Namespace) -> None:
         args.max_ratio,
         args.permutations,
         args.correction,
+        bootstrap=args.bootstrap,
+        bootstrap_seed=args.bootstrap_seed,
     )
     log.info("verdicts:\n%s", table.to_string(index=False))
 
@@ -247,7 +258,8 @@ def cmd_windows(args: argparse.Namespace) -> None:
     from conjugacy.report.windows import write_window_figures
     from conjugacy.verdict.windows import STORE, write_windows
 
-    options = {k: getattr(args, k) for k in ("alpha", "max_ratio", "permutations", "correction")}
+    keys = ("alpha", "max_ratio", "permutations", "correction", "bootstrap", "bootstrap_seed")
+    options = {k: getattr(args, k) for k in keys}
     check_verdict_options(options, option_label)  # before any store is read
     table = write_windows(
         args.spectra,
@@ -256,6 +268,8 @@ def cmd_windows(args: argparse.Namespace) -> None:
         args.max_ratio,
         args.permutations,
         args.correction,
+        bootstrap=args.bootstrap,
+        bootstrap_seed=args.bootstrap_seed,
     )
     write_window_figures(args.output / STORE, args.figures or args.output)
     log.info("successive windows:\n%s", table.to_string(index=False))
@@ -458,12 +472,22 @@ def _verdict_options(p: argparse.ArgumentParser, across: str) -> None:
         help=f"multiple-comparison correction of the p-values across {across}: one of "
         f"{', '.join(props['correction']['enum'])} (default {default['correction']})",
     )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=default["bootstrap"],
+        help="cluster-bootstrap resamples of the seeds for the interval of the ratio "
+        f"(default {default['bootstrap']})",
+    )
+    p.add_argument(
+        "--bootstrap-seed",
+        type=int,
+        default=default["bootstrap_seed"],
+        help=f"seed of the bootstrap draws (default {default['bootstrap_seed']})",
+    )
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="conjugacy", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train one (condition, seed) and record its trajectory")
     _config_source(t, "resolved condition config as JSON (what the workflow passes)")
     t.add_argument("--condition", required=True, help="condition name")
@@ -479,36 +503,67 @@ def parser() -> argparse.ArgumentParser:
     )
     t.set_defaults(func=cmd_train)
 
+
+def _settings_option(p: argparse.ArgumentParser, section: str) -> None:
+    """--settings JSON: the resolved config section the workflow passes; flags override it."""
+    p.add_argument(
+        "--settings",
+        type=_spec,
+        default={},
+        help=f"the config's `{section}` settings as JSON (the workflow passes them); "
+        "options given on the command line override them; schema defaults fill the rest",
+    )
+
+
+def _given(args: argparse.Namespace, keys: dict[str, str]) -> dict:
+    """Settings typed on the command line: {setting: value} of the flags given (dest by key)."""
+    return {
+        key: getattr(args, dest) for key, dest in keys.items() if getattr(args, dest) is not None
+    }
+
+
+def _add_koopman(sub) -> None:
+    d = defaults("koopman")
     k = sub.add_parser("koopman", help="Koopman eigenvalues of a trajectory store by DMD")
-    k.add_argument("trajectory", type=Path)
+    k.add_argument(
+        "trajectory",
+        type=Path,
+        nargs="+",
+        help="trajectory store(s); several are pooled as the inits of one DMD",
+    )
     k.add_argument("-o", "--output", type=Path, required=True, help="spectrum store to write")
+    k.add_argument("--condition", type=_name, help="label the spectrum with this condition")
+    k.add_argument("--seed", type=_seed, help="label the spectrum with this seed")
+    _settings_option(k, "koopman")
     k.add_argument(
         "--observable", action="extend", nargs="+", help="recorded tensors to use (default: all)"
     )
-    k.add_argument("--delays", type=_nonneg, default=0, help="time delays n (default 0)")
+    k.add_argument("--delays", type=_nonneg, help=f"time delays n (default {d['delays']})")
     k.add_argument(
         "--rank",
         type=_rank,
-        default="full",
         help="truncation rank k, 'full' (numerical rank), 'gd' (Gavish-Donoho threshold) "
-        "or an energy fraction such as 0.99",
+        f"or an energy fraction such as 0.99 (default {d['rank']})",
     )
     k.add_argument("--window", type=_window, help="START:STOP optimizer steps [start, stop)")
     k.add_argument("--pca", type=_positive, help="project on this many principal components first")
     k.add_argument(
         "--variant",
         choices=("exact", "tls", "fb"),
-        default="exact",
-        help="exact, total-least-squares (tls) or forward-backward (fb) DMD (default exact)",
+        help="exact, total-least-squares (tls) or forward-backward (fb) DMD "
+        f"(default {d['variant']})",
     )
     k.add_argument(
         "--device",
         choices=("cpu", "cuda"),
-        default="cpu",
-        help="where the accumulation runs: cpu (numpy) or cuda (torch, float64)",
+        help="where the accumulation runs: cpu (numpy) or cuda (torch, float64) "
+        f"(default {d['device']})",
     )
     k.add_argument(
-        "--modes", action="store_true", help="also write the DMD modes (chunked array 'modes')"
+        "--modes",
+        action="store_true",
+        default=None,
+        help="also write the DMD modes (chunked array 'modes')",
     )
     k.add_argument(
         "--readahead",
@@ -529,6 +584,8 @@ def parser() -> argparse.ArgumentParser:
     )
     k.set_defaults(func=cmd_koopman)
 
+
+def _add_compare(sub) -> None:
     c = sub.add_parser("compare", help="W between spectra and conjugacy verdicts")
     c.add_argument("spectra", nargs="+", type=Path)
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
@@ -536,6 +593,8 @@ def parser() -> argparse.ArgumentParser:
     _verdict_options(c, "the pairs")
     c.set_defaults(func=cmd_compare)
 
+
+def _add_figures(sub) -> None:
     f = sub.add_parser("figures", help="figures from the stage outputs")
     f.add_argument("--spectra", nargs="+", type=Path, required=True)
     f.add_argument("--trajectories", nargs="+", type=Path, required=True)
@@ -543,6 +602,8 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("-o", "--output", type=Path, required=True, help="figure folder")
     f.set_defaults(func=cmd_figures)
 
+
+def _add_summary(sub) -> None:
     s = sub.add_parser("summary", help="summary.md: verdicts, settings and wall time")
     _config_source(s, "resolved config as JSON (what the workflow passes)")
     s.add_argument("--verdicts", type=Path, required=True, help="the compare stage's conjugacy.csv")
@@ -552,6 +613,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", type=Path, required=True, help="markdown file to write")
     s.set_defaults(func=cmd_summary)
 
+
+def _add_companion(sub) -> None:
     cp = sub.add_parser("companion", help="long single-init Transformer run: accuracy curves")
     _config_source(cp, "resolved condition config as JSON")
     cp.add_argument("--condition", required=True, help="condition name")
@@ -560,11 +623,15 @@ def parser() -> argparse.ArgumentParser:
     cp.add_argument("--quiet", action="store_true", help="no progress bar")
     cp.set_defaults(func=cmd_companion)
 
+
+def _add_accuracy(sub) -> None:
     a = sub.add_parser("accuracy", help="accuracy figure from companion tables")
     a.add_argument("tables", nargs="+", type=Path, help="companion CSVs (named CONDITION.csv)")
     a.add_argument("-o", "--output", type=Path, required=True, help="PNG to write (and PDF)")
     a.set_defaults(func=cmd_accuracy)
 
+
+def _add_windows(sub) -> None:
     w = sub.add_parser("windows", help="W between the spectra of successive training windows")
     w.add_argument("spectra", nargs="+", type=Path, help="window spectra (koopman --window)")
     w.add_argument("-o", "--output", type=Path, required=True, help="output folder")
@@ -572,6 +639,8 @@ def parser() -> argparse.ArgumentParser:
     _verdict_options(w, "a condition's transitions")
     w.set_defaults(func=cmd_windows)
 
+
+def _add_predict(sub) -> None:
     pr = sub.add_parser("predict", help="Koopman jumps ahead of a trajectory vs the optimizer")
     pr.add_argument("trajectory", type=Path, help="trajectory store recording every tensor")
     _config_source(pr, "resolved condition config as JSON")
@@ -584,6 +653,8 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--rank", type=_rank, help="global DMD truncation rank or 'full'")
     pr.set_defaults(func=cmd_predict)
 
+
+def _add_accelerate(sub) -> None:
     ac = sub.add_parser("accelerate", help="plain vs Koopman-accelerated training curves")
     _config_source(ac, "resolved condition config as JSON")
     ac.add_argument("--condition", required=True, help="condition name")
@@ -600,12 +671,16 @@ def parser() -> argparse.ArgumentParser:
     )
     ac.set_defaults(func=cmd_accelerate)
 
+
+def _add_predict_summary(sub) -> None:
     ps = sub.add_parser("predict-summary", help="tables and figures of predict and accelerate")
     ps.add_argument("--predictions", nargs="+", type=Path, required=True)
     ps.add_argument("--accelerated", nargs="*", type=Path)
     ps.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     ps.set_defaults(func=cmd_predict_summary)
 
+
+def _add_prune(sub) -> None:
     pr = sub.add_parser("prune", help="Koopman magnitude pruning vs magnitude pruning of a net")
     pr.add_argument("trajectory", type=Path, help="fcn trajectory store recording every parameter")
     pr.add_argument("-o", "--output", type=Path, required=True, help="prune store to write")
@@ -620,12 +695,16 @@ def parser() -> argparse.ArgumentParser:
     pr.add_argument("--finetune-lr", type=float, help="default: the condition's learning rate")
     pr.set_defaults(func=cmd_prune)
 
+
+def _add_prune_report(sub) -> None:
     prr = sub.add_parser("prune-report", help="pruning table (CSV) and figure from prune stores")
     prr.add_argument("stores", nargs="+", type=Path)
     prr.add_argument("-o", "--output", type=Path, required=True, help="CSV table to write")
     prr.add_argument("--figure", type=Path, required=True, help="PNG figure to write")
     prr.set_defaults(func=cmd_prune_report)
 
+
+def _add_monitor(sub) -> None:
     mo = sub.add_parser("monitor", help="sliding-window DMD convergence monitor of a trajectory")
     mo.add_argument("trajectory", type=Path)
     mo.add_argument("-o", "--output", type=Path, required=True, help="monitor store to write")
@@ -644,18 +723,46 @@ def parser() -> argparse.ArgumentParser:
     mo.add_argument("--min-delta", type=float, default=1e-3, help="relative improvement")
     mo.set_defaults(func=cmd_monitor)
 
+
+def _add_monitor_report(sub) -> None:
     mor = sub.add_parser("monitor-report", help="monitor table (CSV) and figure from stores")
     mor.add_argument("stores", nargs="+", type=Path)
     mor.add_argument("-o", "--output", type=Path, required=True, help="CSV table to write")
     mor.add_argument("--figure", type=Path, required=True, help="PNG figure to write")
     mor.set_defaults(func=cmd_monitor_report)
 
+
+def _add_verify(sub) -> None:
     v = sub.add_parser("verify", help="check every store of an experiment (reads every chunk)")
     v.add_argument("results", type=Path, help="results/<experiment>")
     v.add_argument(
         "--config", type=Path, help="the experiment's config: also report the stores it lacks"
     )
     v.set_defaults(func=cmd_verify)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="conjugacy", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (
+        _add_train,
+        _add_koopman,
+        _add_compare,
+        _add_figures,
+        _add_summary,
+        _add_companion,
+        _add_accuracy,
+        _add_windows,
+        _add_predict,
+        _add_accelerate,
+        _add_predict_summary,
+        _add_prune,
+        _add_prune_report,
+        _add_monitor,
+        _add_monitor_report,
+        _add_verify,
+    ):
+        add(sub)
     return p
 
 

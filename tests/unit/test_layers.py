@@ -23,9 +23,11 @@ LAYERS = {
     "training": 4,
     "koopman": 4,
     "verdict": 5,
+    "integrations": 5,  # callbacks for other training loops, over training.record
     "report": 6,
     "beyond": 7,
     "cli": 8,
+    "api": 8,  # the public Python API: the functions behind `conjugacy.spectrum`, ...
     "__main__": 9,
     "__init__": 9,  # the public API: lazy imports of any layer
 }

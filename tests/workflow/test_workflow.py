@@ -198,7 +198,7 @@ def monitored(tmp_path_factory) -> Path:
 @pytest.mark.parametrize(
     ("module", "rerun", "kept"),
     [
-        ("koopman/backend.py", {"koopman", "monitor", "monitor_report"}, {"train"}),
+        ("koopman/backend.py", {"koopman", "monitor", "monitor_report"}, {"train", "prune"}),
         ("report/style.py", {"figures", "monitor", "monitor_report"}, {"train", "koopman"}),
     ],
 )

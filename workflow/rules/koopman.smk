@@ -17,8 +17,9 @@ rule koopman:
         gpu=koopman_gpus,
         mem_mb=koopman_mem_mb,
     params:
-        options=koopman_args,
+        settings=koopman_settings,
         code=stage_code("koopman"),
     shell:
         CONJUGACY_ON_GPUS
-        + " koopman {input} -o {output} {params.options} --skip-diverged 2> {log}"
+        + " koopman {input} -o {output} --settings {params.settings} --skip-diverged"
+        " 2> {log}"

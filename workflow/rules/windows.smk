@@ -24,11 +24,12 @@ rule koopman_window:
         gpu=koopman_gpus,
         mem_mb=koopman_mem_mb,
     params:
-        options=koopman_window_args,
+        settings=koopman_window_settings,
         code=stage_code("koopman"),
     shell:
         CONJUGACY_ON_GPUS
-        + " koopman {input} -o {output} {params.options} --skip-diverged 2> {log}"
+        + " koopman {input} -o {output} --settings {params.settings} --skip-diverged"
+        " 2> {log}"
 
 
 rule windows:

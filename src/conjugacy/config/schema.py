@@ -289,3 +289,43 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping, got {type(raw).__name__}")
     return raw
+
+
+# Where each stage's settings live in the schema: the one place of their defaults.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "koopman": ("$defs", "koopman"),
+    "compare": ("properties", "compare"),
+    "prune": ("properties", "prune"),
+    "monitor": ("properties", "monitor"),
+    "predict": ("properties", "predict"),
+    "accelerate": ("properties", "predict", "properties", "accelerate"),
+}
+
+
+def section_schema(section: str) -> dict[str, Any]:
+    """The schema of a stage's settings (a config section)."""
+    sch = cached_schema()
+    for key in SECTIONS[section]:
+        sch = sch[key]
+    return sch
+
+
+def defaults(section: str) -> dict[str, Any]:
+    """The schema's default of every setting of a section that has one (a fresh copy)."""
+    props = section_schema(section)["properties"]
+    return {k: copy.deepcopy(v["default"]) for k, v in props.items() if "default" in v}
+
+
+def settings(
+    section: str, given: dict[str, Any], label: Callable[[str], str] = config_label
+) -> dict[str, Any]:
+    """A stage's settings: the schema defaults overridden by `given`, checked against the schema.
+
+    What a command builds its options from, whether `given` is the section the
+    workflow passes (--settings) or the flags typed on the command line.
+    """
+    check_values(given, label, what="the settings")
+    merged = {**defaults(section), **plain(given)}
+    sch = {k: v for k, v in section_schema(section).items() if k != "required"}
+    validate(merged, sch, cached_schema(), [], label)
+    return merged

@@ -22,16 +22,21 @@ BUDGET = 1 << 23  # float64 values per block read (64 MiB)
 
 
 class Observable:
-    """Selected tensors of one trajectory store, flattened per snapshot, within a window."""
+    """Selected tensors of trajectory stores, flattened per snapshot, within a window.
+
+    Several stores (same tensors and steps) are pooled: their inits are read
+    side by side, store after store, as the inits of one trajectory.
+    """
 
     def __init__(
         self,
-        ds: xr.Dataset,
+        ds: xr.Dataset | list[xr.Dataset],
         names: list[str],
         window: tuple[int, int] | None = None,
         readahead: int = DEPTH,
     ) -> None:
-        self.ds = ds
+        self.stores = list(ds) if isinstance(ds, list | tuple) else [ds]
+        ds = self.ds = self.stores[0]
         self.names = names
         self.readahead = readahead
         steps = ds["step"].values
@@ -41,7 +46,7 @@ class Observable:
             self.t0 = int(np.searchsorted(steps, window[0], side="left"))
             self.t1 = int(np.searchsorted(steps, window[1], side="left"))
         self.steps = steps[self.t0 : self.t1]
-        self.inits = ds.sizes["init"]
+        self.inits = sum(d.sizes["init"] for d in self.stores)
         self.sizes = {n: int(np.prod(ds[n].shape[2:], dtype=np.int64)) for n in names}
         self.dim = sum(self.sizes.values())
 
@@ -58,13 +63,15 @@ class Observable:
         index = (slice(None), slice(self.t0 + t0, self.t0 + t1))
         if self.ds[name].ndim > 2:
             index += (rows,)
-        block = read(self.ds, name, index)
-        if not np.isfinite(block).all():
-            raise StoreError(
-                f"store {self.ds.encoding.get('source', '?')}: variable {name!r} has non-finite "
-                f"values in steps {self.steps[t0]}..{self.steps[t1 - 1]} (a missing chunk or "
-                "damaged data)"
-            )
+        parts = [read(ds, name, index) for ds in self.stores]
+        for ds, part in zip(self.stores, parts, strict=True):
+            if not np.isfinite(part).all():
+                raise StoreError(
+                    f"store {ds.encoding.get('source', '?')}: variable {name!r} has non-finite "
+                    f"values in steps {self.steps[t0]}..{self.steps[t1 - 1]} (a missing chunk or "
+                    "damaged data)"
+                )
+        block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         return block.reshape(block.shape[0], block.shape[1], -1)
 
     def param_ranges(self, budget: int = BUDGET) -> list[tuple[str, slice, int, int]]:

@@ -22,6 +22,7 @@ import xarray as xr
 import zarr
 
 from conjugacy.config import ConfigError, check_koopman
+from conjugacy.config.schema import defaults
 from conjugacy.koopman.backend import NumpyBackend, TorchBackend, backend
 from conjugacy.koopman.dmd import (
     DMDError,
@@ -56,17 +57,39 @@ Backend = NumpyBackend | TorchBackend
 MODE_CHUNK = 1 << 17  # values per chunk of the modes array (times the rank, complex128)
 
 
+DEFAULTS = defaults("koopman")  # the schema's: the one place of every default
+
+
 @dataclass
 class KoopmanOptions:
-    observables: list[str] | None = None
-    delays: int = 0
-    rank: int | float | str = "full"
-    window: tuple[int, int] | None = None
-    pca: int | None = None
-    variant: str = "exact"
-    device: str = "cpu"
-    modes: bool = False
-    readahead: int = DEPTH
+    """How one spectrum is computed: the config's `koopman` settings, plus read-ahead."""
+
+    observables: list[str] | None = DEFAULTS["observables"]
+    delays: int = DEFAULTS["delays"]
+    rank: int | float | str = DEFAULTS["rank"]
+    window: tuple[int, int] | None = DEFAULTS["window"]
+    pca: int | None = DEFAULTS["pca"]
+    variant: str = DEFAULTS["variant"]
+    device: str = DEFAULTS["device"]
+    modes: bool = DEFAULTS["modes"]
+    readahead: int = DEPTH  # a run-time resource, not a setting: results do not depend on it
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any], readahead: int = DEPTH) -> KoopmanOptions:
+        """Options from resolved `koopman` settings (config.schema.settings); `windows` is the
+        workflow's business (one spectrum per window), not a single decomposition's."""
+        window = settings.get("window")
+        return cls(
+            observables=settings.get("observables"),
+            delays=settings["delays"],
+            rank=settings["rank"],
+            window=tuple(window) if window else None,
+            pca=settings.get("pca"),
+            variant=settings["variant"],
+            device=settings["device"],
+            modes=settings["modes"],
+            readahead=readahead,
+        )
 
 
 def accumulate_gram(obs: Observable, be: Backend | None = None) -> np.ndarray:
@@ -268,17 +291,19 @@ def peak_bytes(inits: int, steps: int, values: int, delays: int, pca: int | None
     return 8 * (squares + 3 * BUDGET)
 
 
-def check_memory(ds: xr.Dataset, names: list[str], opts: KoopmanOptions, limit: int, path) -> None:
+def check_memory(
+    ds: xr.Dataset, names: list[str], opts: KoopmanOptions, limit: int, path, inits: int
+) -> None:
     """Stop before reading when the decomposition would need more than `limit` bytes."""
     steps = [int(s) for s in ds["step"].values]
     if opts.window is not None:
         steps = [s for s in steps if opts.window[0] <= s < opts.window[1]]
     values = sum(int(np.prod(ds[n].shape[2:], dtype=np.int64)) for n in names)
-    need = peak_bytes(ds.sizes["init"], len(steps), values, opts.delays, opts.pca)
+    need = peak_bytes(inits, len(steps), values, opts.delays, opts.pca)
     if need > limit:
         raise StoreError(
             f"trajectory store {path}: the decomposition would need about {need / 2**30:.1f} GiB "
-            f"({ds.sizes['init']} inits x {len(steps)} snapshots x {values} values), more than "
+            f"({inits} inits x {len(steps)} snapshots x {values} values), more than "
             f"the {limit / 2**30:.1f} GiB allowed (--max-memory); use a window, PCA or fewer "
             "observables, or raise --max-memory"
         )
@@ -421,24 +446,56 @@ def excluded_dataset(ds: xr.Dataset, attrs: dict[str, Any]) -> xr.Dataset:
     )
 
 
+def open_pooled(paths: list[Path], allow_diverged: bool) -> list[xr.Dataset]:
+    """Trajectory stores pooled as the inits of one DMD: the same tensors, shapes and steps.
+
+    One store per run works as well as one store per seed; a mismatch is a
+    one-line error naming both stores and what differs.
+    """
+    stores = [open_trajectory(p, allow_diverged=allow_diverged) for p in paths]
+    first, ref = stores[0], paths[0]
+    for ds, path in zip(stores[1:], paths[1:], strict=True):
+        mine = {n: tuple(first[n].shape[2:]) for n in tensor_variables(first)}
+        theirs = {n: tuple(ds[n].shape[2:]) for n in tensor_variables(ds)}
+        if mine != theirs:
+            raise StoreError(
+                f"trajectory stores {ref} and {path} cannot be pooled: tensors {mine} vs {theirs}"
+            )
+        if not np.array_equal(first["step"].values, ds["step"].values):
+            raise StoreError(
+                f"trajectory stores {ref} and {path} cannot be pooled: they record different "
+                f"steps ({first.sizes['step']} vs {ds.sizes['step']} snapshots)"
+            )
+    return stores
+
+
 def write_spectrum(
-    trajectory: str | Path,
+    trajectory: str | Path | list[str | Path],
     out: str | Path,
     opts: KoopmanOptions,
     skip_diverged: bool = False,
     max_memory: int | None = None,
+    label: dict[str, Any] | None = None,
 ) -> xr.Dataset:
-    """Open, check the options against the store, decompose, and write the spectrum store.
+    """Open, check the options against the store(s), decompose, and write the spectrum store.
 
-    A diverged trajectory is refused, or with `skip_diverged` (as the
-    workflow asks) answered by an `excluded` spectrum for compare to report.
-    With `modes`, the store also gets the `modes` array and is sealed after it.
-    Everything is checked before any data is read: the output path, the
-    options, the dtypes and the memory the decomposition would need
-    (at most `max_memory` bytes, default what the machine has).
+    Several trajectory stores are pooled as the inits of one DMD. A diverged
+    trajectory is refused, or with `skip_diverged` (as the workflow asks)
+    answered by an `excluded` spectrum for compare to report. With `modes`,
+    the store also gets the `modes` array and is sealed after it. Everything
+    is checked before any data is read: the output path, the options, the
+    dtypes and the memory the decomposition would need (at most `max_memory`
+    bytes, default what the machine has). `label` (condition, seed) names
+    the spectrum instead of the first store's attributes.
     """
-    claim_output(out, "spectrum", inputs=[trajectory])
-    ds = open_trajectory(trajectory, allow_diverged=skip_diverged)
+    paths = [
+        Path(p) for p in (trajectory if isinstance(trajectory, list | tuple) else [trajectory])
+    ]
+    where = str(paths[0]) if len(paths) == 1 else f"{paths[0]} (+{len(paths) - 1} pooled)"
+    claim_output(out, "spectrum", inputs=paths)
+    stores = open_pooled(paths, skip_diverged)
+    ds = stores[0]
+    inits = sum(d.sizes["init"] for d in stores)
     available = tensor_variables(ds)
     shapes = {n: tuple(ds[n].shape[2:]) for n in available}
     names = opts.observables or available
@@ -446,16 +503,17 @@ def write_spectrum(
         asdict(opts),
         shapes,
         [int(s) for s in ds["step"].values],
-        ds.sizes["init"],
-        label=lambda key: f"option --{key} (store {trajectory})",
+        inits,
+        label=lambda key: f"option --{key} (store {where})",
     )
     if opts.modes and opts.pca is not None:
         raise ConfigError(
-            f"option --modes (store {trajectory}): modes are of the observables' values, "
+            f"option --modes (store {where}): modes are of the observables' values, "
             "not of PCA scores; expected --modes without --pca"
         )
-    check_dtypes(ds, list(names), trajectory)
-    check_memory(ds, list(names), opts, max_memory or machine_memory(), trajectory)
+    for d, path in zip(stores, paths, strict=True):
+        check_dtypes(d, list(names), path)
+    check_memory(ds, list(names), opts, max_memory or machine_memory(), where, inits)
     backend(opts.device)  # a missing GPU is an error before any data is read
     settings = {
         "observables": list(names),
@@ -467,24 +525,25 @@ def write_spectrum(
         "device": opts.device,
     }
     source = {k: ds.attrs[k] for k in ("experiment", "condition", "seed") if k in ds.attrs}
-    attrs = {**source, **settings, "trajectory": str(trajectory)}
-    if ds.attrs.get("status") == "diverged":
-        spectrum = excluded_dataset(ds, attrs)
-        log.warning("%s: %s; wrote an excluded spectrum", trajectory, spectrum.attrs["excluded"])
+    source |= label or {}
+    stored = str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]
+    attrs = {**source, **settings, "trajectory": stored}
+    diverged = next((d for d in stores if d.attrs.get("status") == "diverged"), None)
+    if diverged is not None:
+        spectrum = excluded_dataset(diverged, {**attrs, "n_inits": inits})
+        log.warning("%s: %s; wrote an excluded spectrum", where, spectrum.attrs["excluded"])
         write_dataset(spectrum, out, role="spectrum", status="excluded")
         return spectrum
-    obs = Observable(ds, list(names), opts.window, readahead=opts.readahead)
+    obs = Observable(stores, list(names), opts.window, readahead=opts.readahead)
     try:
         result, facts = decompose(obs, opts)
     except DMDError as exc:
-        raise StoreError(f"trajectory store {trajectory}: {exc}") from None
+        raise StoreError(f"trajectory store {where}: {exc}") from None
     spectrum = spectrum_dataset(result, {**attrs, **facts})
     if not opts.modes:
         write_dataset(spectrum, out, role="spectrum")
         return spectrum
-    write_dataset(
-        spectrum, out, role="spectrum", status="incomplete"
-    )  # sealed once the modes are in
+    write_dataset(spectrum, out, role="spectrum", status="incomplete")  # sealed after the modes
     group = zarr.open_group(Path(out), mode="r+", zarr_format=3)
     write_modes(group, obs, result, opts.delays)
     seal(group, "complete", mode_values={n: obs.sizes[n] for n in obs.names})

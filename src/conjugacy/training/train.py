@@ -17,6 +17,8 @@ import bisect
 import logging
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -89,22 +91,46 @@ def first_bad(loss: np.ndarray, snapshot: dict[str, np.ndarray] | None) -> str |
     return None
 
 
-def _run(system, recorder, start, total, every, ckpt, progress, work, key, condition, seed):
-    """The training loop: step, record, stop at divergence, checkpoint every `ckpt` updates."""
+@dataclass(frozen=True)
+class Schedule:
+    """Which updates a training runs, records and checkpoints."""
+
+    start: int  # the first update: 0, or where a checkpoint left off
+    total: int  # updates in all (cond["steps"])
+    every: int  # a snapshot every `every` updates (cond["record_every"])
+    checkpoint_every: int  # 0: never (cond["checkpoint_every"])
+
+    def checkpoint_after(self, t: int) -> bool:
+        """Whether the state after update t is checkpointed (never after the last one)."""
+        return (
+            bool(self.checkpoint_every) and t < self.total and (t + 1) % self.checkpoint_every == 0
+        )
+
+
+def _run(
+    system,
+    recorder: Recorder,
+    schedule: Schedule,
+    save: Callable[[int], None],
+    label: str,
+    progress: bool,
+) -> None:
+    """The training loop: step, record, stop at divergence, `save(next update)` when scheduled."""
     record = list(recorder.writer.tensors)
-    for t in tqdm(range(start, total + 1), disable=not progress, mininterval=2.0, desc="train"):
-        snap = system.snapshot(record) if t % every == 0 else None
-        loss = system.step() if t < total else system.loss()
+    steps = range(schedule.start, schedule.total + 1)
+    for t in tqdm(steps, disable=not progress, mininterval=2.0, desc="train"):
+        snap = system.snapshot(record) if t % schedule.every == 0 else None
+        loss = system.step() if t < schedule.total else system.loss()
         if snap is not None:
             recorder.record(snap, loss)
         reason = first_bad(loss, snap)
         if reason is not None:
-            log.warning("%s seed %d diverged at step %d: %s", condition, seed, t, reason)
+            log.warning("%s diverged at step %d: %s", label, t, reason)
             recorder.close("diverged", diverged_step=t, diverged_reason=reason)
             return
-        if ckpt and t < total and (t + 1) % ckpt == 0:
+        if schedule.checkpoint_after(t):
             recorder.flush()
-            checkpoint.save(work, key, t + 1, system.state())
+            save(t + 1)
     recorder.close()
 
 
@@ -153,10 +179,16 @@ def train(
     recorder = Recorder(
         writer, system.inits, dtype, block_steps(writer, dtype), bisect.bisect_left(steps, start)
     )
-    every, total, ckpt = cond["record_every"], cond["steps"], cond["checkpoint_every"]
-    log.info("training %s seed %d: %d inits, %d steps", condition, seed, system.inits, total)
+    schedule = Schedule(start, cond["steps"], cond["record_every"], cond["checkpoint_every"])
+    log.info(
+        "training %s seed %d: %d inits, %d steps", condition, seed, system.inits, schedule.total
+    )
+
+    def save(next_step: int) -> None:
+        checkpoint.save(work, key, next_step, system.state())
+
     try:
-        _run(system, recorder, start, total, every, ckpt, progress, work, key, condition, seed)
+        _run(system, recorder, schedule, save, f"{condition} seed {seed}", progress)
     finally:
         recorder.stop()  # a failed step must not leave the writer thread waiting
     if out.exists():  # a trajectory store of ours (claim_output checked it)
