@@ -17,7 +17,7 @@ import pandas as pd
 import xarray as xr
 
 from conjugacy.config import ConfigError, check_verdict_options
-from conjugacy.config.schema import defaults
+from conjugacy.config.validation import defaults
 from conjugacy.koopman.observables import Observable
 from conjugacy.koopman.spectrum import DEFAULTS, KoopmanOptions, decompose, open_pooled
 from conjugacy.stores.contract import open_spectrum, open_trajectory, tensor_variables

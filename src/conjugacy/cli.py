@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 from conjugacy.config import ConfigError, option_label
-from conjugacy.config.schema import defaults
-from conjugacy.config.schema import settings as config_settings
+from conjugacy.config.validation import defaults
+from conjugacy.config.validation import settings as config_settings
 from conjugacy.stores.readahead import DEPTH
 
 log = logging.getLogger("conjugacy")

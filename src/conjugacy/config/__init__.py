@@ -18,7 +18,7 @@ from conjugacy.config.checks import (
     window_bounds,
 )
 from conjugacy.config.resolve import load, resolve, training_config, training_json
-from conjugacy.config.schema import ConfigError, check_values, schema, short
+from conjugacy.config.validation import ConfigError, check_values, schema, short
 
 __all__ = [
     "KOOPMAN_KEYS",

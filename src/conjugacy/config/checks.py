@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from conjugacy.config.schema import (
+from conjugacy.config.shapes import DATASET_FILES, recorded_snapshots, tensor_shapes
+from conjugacy.config.validation import (
     SHORT,
     ConfigError,
     cached_schema,
@@ -20,7 +21,6 @@ from conjugacy.config.schema import (
     short,
     validate,
 )
-from conjugacy.config.shapes import DATASET_FILES, recorded_snapshots, tensor_shapes
 
 KOOPMAN_KEYS = (
     "observables",

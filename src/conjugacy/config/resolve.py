@@ -13,7 +13,8 @@ from conjugacy.config.checks import (
     check_prune_section,
     check_verdict_options,
 )
-from conjugacy.config.schema import (
+from conjugacy.config.shapes import CNN_LAST_LAYER
+from conjugacy.config.validation import (
     cached_schema,
     check_values,
     config_label,
@@ -22,7 +23,6 @@ from conjugacy.config.schema import (
     read_yaml,
     validate,
 )
-from conjugacy.config.shapes import CNN_LAST_LAYER
 
 
 def load(path: str | Path) -> dict[str, Any]:

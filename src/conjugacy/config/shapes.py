@@ -11,19 +11,25 @@ from typing import Any
 DATASET_DIMS: dict[str, tuple[int, int]] = {
     "digits": (64, 10),
     "mnist": (784, 10),
+    "fashion_mnist": (784, 10),
     "cifar10": (3072, 10),
 }
 # (channels, height, width) of each dataset's images, for the CNNs.
 DATASET_IMAGES: dict[str, tuple[int, int, int]] = {
     "digits": (1, 8, 8),
     "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
     "cifar10": (3, 32, 32),
 }
 # The files of each dataset read from data_dir (each may also be gzipped).
 DATASET_FILES: dict[str, tuple[str, ...]] = {
     "mnist": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "fashion_mnist": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),  # MNIST's format
     "cifar10": tuple(f"data_batch_{i}" for i in range(1, 6)),
 }
+# Where a dataset's files are when data_dir is not given: Debian's
+# dataset-fashion-mnist package installs Fashion-MNIST here.
+DATASET_DIRS: dict[str, str] = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 LENET_WIDTHS = (6, 16, 120, 84)  # conv1, conv2 channels; fc1, fc2 units (LeNet-5)
 RESNET_STAGES = (16, 32, 64)  # ResNet-20: 3 stages of 3 basic blocks
 RESNET_BLOCKS = 3

@@ -22,7 +22,7 @@ import xarray as xr
 import zarr
 
 from conjugacy.config import ConfigError, check_koopman
-from conjugacy.config.schema import defaults
+from conjugacy.config.validation import defaults
 from conjugacy.koopman.backend import NumpyBackend, TorchBackend, backend
 from conjugacy.koopman.dmd import (
     DMDError,
@@ -76,7 +76,7 @@ class KoopmanOptions:
 
     @classmethod
     def from_settings(cls, settings: dict[str, Any], readahead: int = DEPTH) -> KoopmanOptions:
-        """Options from resolved `koopman` settings (config.schema.settings); `windows` is the
+        """Options from resolved `koopman` settings (config.validation.settings); `windows` is the
         workflow's business (one spectrum per window), not a single decomposition's."""
         window = settings.get("window")
         return cls(

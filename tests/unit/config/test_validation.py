@@ -169,12 +169,11 @@ def test_invalid_yaml_is_one_line(tmp_path):
 
 def test_oversized_file_is_rejected_unread(tmp_path):
     path = tmp_path / "big.yaml"
-    path.write_text("# " + "x" * config.MAX_BYTES + "\n")
+    path.write_text("# " + "x" * config.validation.MAX_BYTES + "\n")
     with pytest.raises(ConfigError) as err:
         config.load(path)
-    assert str(err.value) == (
-        f"config file {path}: {config.MAX_BYTES + 3} bytes; expected at most {config.MAX_BYTES}"
-    )
+    limit = config.validation.MAX_BYTES
+    assert str(err.value) == f"config file {path}: {limit + 3} bytes; expected at most {limit}"
 
 
 # --- the verdict options: one check -----------------------------------------------------------

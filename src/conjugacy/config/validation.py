@@ -1,4 +1,4 @@
-"""The config schema and the bounds every config is held to before it is read further.
+"""The config schema, and the bounds and validation every config and option set goes through.
 
 One place decides what a valid config is, so the workflow (at parse time,
 before any job) and the command line give the same messages. The config
