@@ -52,7 +52,7 @@ def jump_ahead(buffer: list[dict[str, np.ndarray]], jump: int) -> dict[str, np.n
 
 def better(evaluate: Evaluator, system: Any, pred: dict[str, np.ndarray]) -> bool:
     """Guard: does the jump lower every init's loss on the next mini-batch (two forward passes)?"""
-    batch = system._next_batch()
+    batch = system.next_batch()
     now, _ = evaluate(system.snapshot(), batch)
     after, _ = evaluate(pred, batch)
     return bool(np.isfinite(after).all() and (after <= now).all())

@@ -23,6 +23,7 @@ import pandas as pd
 import xarray as xr
 
 from conjugacy.config import ConfigError, check_koopman
+from conjugacy.config.shapes import tensor_shapes
 from conjugacy.koopman.observables import Observable
 from conjugacy.koopman.spectrum import KoopmanOptions, decompose
 from conjugacy.stores.contract import (
@@ -36,8 +37,6 @@ from conjugacy.stores.contract import (
 )
 
 log = logging.getLogger(__name__)
-
-FCN_LAYERS = ("fc1", "fc2")
 
 
 @dataclass
@@ -114,51 +113,12 @@ def plateau_step(steps: np.ndarray, loss: np.ndarray, patience: int, min_delta: 
     return -1
 
 
-def fcn_metrics(
-    params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """(NLL loss, accuracy) of nets in -> h -> 10 (ReLU, log-softmax) in float64.
-
-    params hold fc1.weight (..., h, in), fc2.weight (..., 10, h) and the
-    biases if any, with the same leading axes; results have those axes.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    hidden = np.einsum("bi,...hi->...bh", x, params["fc1.weight"])
-    if "fc1.bias" in params:
-        hidden = hidden + params["fc1.bias"][..., None, :]
-    logits = np.einsum("...bh,...oh->...bo", np.maximum(hidden, 0.0), params["fc2.weight"])
-    if "fc2.bias" in params:
-        logits = logits + params["fc2.bias"][..., None, :]
-    top = logits.max(axis=-1, keepdims=True)
-    logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
-    loss = -np.take_along_axis(logp, np.broadcast_to(y[:, None], logp.shape[:-1] + (1,)), -1)
-    accuracy = (logits.argmax(axis=-1) == y).mean(axis=-1)
-    return loss[..., 0].mean(axis=-1), accuracy
-
-
-def fcn_parameters(cfg: dict[str, Any]) -> list[str]:
-    """Every parameter tensor of a net of this training config."""
-    names = [f"{layer}.weight" for layer in FCN_LAYERS]
-    return names + [f"{layer}.bias" for layer in FCN_LAYERS] if cfg.get("bias") else names
-
-
-def evaluation_data(cfg: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
-    """(x, y, what) to evaluate nets on: the held-out part, or the whole training set."""
-    from conjugacy.systems.data import load_dataset, split_holdout
-
-    x, y = load_dataset(cfg["dataset"], cfg.get("data_dir"))
-    train, held = split_holdout(x, y, cfg.get("holdout"))
-    if len(held[1]):
-        return held[0], held[1], "validation"
-    return train[0], train[1], "training set"
-
-
 def evaluable(ds: xr.Dataset) -> dict[str, Any] | None:
     """The training config of a store whose nets can be rebuilt (every parameter recorded)."""
     cfg = ds.attrs.get("config")
     if not isinstance(cfg, dict) or cfg.get("system") != "fcn":
         return None
-    if not set(fcn_parameters(cfg)) <= set(tensor_variables(ds)):
+    if not set(tensor_shapes(cfg)) <= set(tensor_variables(ds)):
         return None
     return cfg
 
@@ -174,15 +134,17 @@ def loss_curve(ds: xr.Dataset, block: int = 64) -> tuple[np.ndarray, np.ndarray,
     if cfg is None:
         loss = read(ds, "loss", (slice(None), slice(None)))
         return loss, np.full((n, t), np.nan), "recorded training loss (mini-batch)"
+    from conjugacy.systems.fcn import evaluate, evaluation_data
+
     x, y, what = evaluation_data(cfg)
     loss, acc = np.empty((n, t)), np.empty((n, t))
     for a in range(0, t, block):
         b = min(a + block, t)
         params = {
             k: read(ds, k, (slice(None), slice(a, b))).astype(np.float64)
-            for k in fcn_parameters(cfg)
+            for k in tensor_shapes(cfg)
         }
-        loss[:, a:b], acc[:, a:b] = fcn_metrics(params, x, y)
+        loss[:, a:b], acc[:, a:b] = evaluate(params, x, y)
     return loss, acc, f"{what} loss"
 
 

@@ -5,10 +5,11 @@ and applied from the window's last snapshot w(t):
 
 * node (Dogra & Redman 2020): one operator per neuron on its incoming
   weights, its bias and a constant 1, K = F' pinv(F); w(t + T) = K^T w(t).
-* global: exact DMD of every parameter of a net (and a constant 1),
-  extrapolated through its modes, w(t + T) = Re(Phi Lambda^T b); and the
-  fixed point, the mode of the eigenvalue nearest 1 scaled so that its
-  constant entry is 1 (the limit the affine fit predicts for T -> infinity).
+* global: exact DMD (koopman.dmd.dmd_dense) of every parameter of a net
+  (and a constant 1), extrapolated through its modes, w(t + T) =
+  Re(Phi Lambda^T b); and the fixed point koopman.dmd.fixed_point, Re(phi_k
+  b_k) of the eigenvalue nearest 1 (the limit the affine fit predicts for
+  T -> infinity).
 
 The constant makes an affine update (gradient descent on a quadratic: w <-
 A w + c) exactly linear, so on such a problem both jumps are exact. The
@@ -31,7 +32,7 @@ import numpy as np
 import xarray as xr
 
 from conjugacy.config import check_predict
-from conjugacy.koopman.dmd import EPS, select_rank
+from conjugacy.koopman.dmd import EPS, dmd_dense, fixed_point
 from conjugacy.stores.contract import (
     StoreError,
     claim_output,
@@ -129,35 +130,28 @@ def node_predict(
 @dataclass
 class GlobalDMD:
     eigenvalues: np.ndarray  # (r,) complex
-    modes: np.ndarray  # (P + 1, r) complex: exact DMD modes, last row the constant
+    modes: np.ndarray  # (P + 1, r) complex: DMDResult.mode_matrix's, last row the constant
     amplitudes: np.ndarray  # (r,) complex: the window's last snapshot in the modes
 
 
 def global_fit(snaps: np.ndarray, rank: int | str = "full", rtol: float = EPS) -> GlobalDMD:
-    """Exact DMD of one trajectory's flattened parameters (S, P) with a constant row."""
+    """Exact DMD (dmd_dense) of one trajectory's flattened parameters (S, P) with a constant row.
+
+    Singular values below rtol * max(D, M) * s_max count as zero (dmd_dense's
+    tolerance is size * EPS). Amplitudes of the window's last snapshot,
+    W^-1 U_r^T x_last: when X has full rank, Phi b = Y V S^-1 A~^-1 U^T x_last
+    is x_last itself, with few snapshots (V square) or many (U square), so a
+    jump of 0 steps is no jump.
+    """
     z = np.hstack([snaps, np.ones((snaps.shape[0], 1))]).T  # (P + 1, S)
     x, y = z[:, :-1], z[:, 1:]
-    u, s, vh = np.linalg.svd(x, full_matrices=False)
-    r = select_rank(s, rank, rtol * max(x.shape))
-    atilde = (u[:, :r].T @ y @ vh[:r].T) / s[None, :r]
-    mu, w = np.linalg.eig(atilde)
-    modes = (y @ vh[:r].T / s[None, :r]) @ w
-    b = np.linalg.lstsq(modes, z[:, -1].astype(np.complex128), rcond=None)[0]
-    return GlobalDMD(mu, modes, b)
+    fit = dmd_dense(x, y, z[:, -1:], rank, size=round(rtol / EPS * max(x.shape)))
+    return GlobalDMD(fit.eigenvalues, fit.mode_matrix(fit.y_basis), fit.amplitudes[:, 0])
 
 
 def global_jump(fit: GlobalDMD, steps: int) -> np.ndarray:
     """Re(Phi Lambda^T b) without the constant: the parameters `steps` after the window."""
     return (fit.modes @ (fit.eigenvalues**steps * fit.amplitudes)).real[:-1]
-
-
-def fixed_point(fit: GlobalDMD) -> np.ndarray:
-    """The mode of the eigenvalue nearest 1, scaled so its constant entry is 1."""
-    k = int(np.argmin(np.abs(fit.eigenvalues - 1)))
-    mode = fit.modes[:, k]
-    if abs(mode[-1]) < 1e-12 * np.abs(mode).max():
-        return (mode * fit.amplitudes[k]).real[:-1]  # no affine part: its amplitude instead
-    return (mode / mode[-1]).real[:-1]
 
 
 def flatten(params: dict[str, np.ndarray], lead: int) -> np.ndarray:
@@ -198,7 +192,9 @@ def global_predict(
         t0 = time.process_time()
         preds[steps] = unflatten(np.stack([global_jump(f, steps) for f in fits]), shapes)
         jump_s[steps] = time.process_time() - t0
-    fixed = unflatten(np.stack([fixed_point(f) for f in fits]), shapes)
+    fixed = unflatten(
+        np.stack([fixed_point(f.modes, f.eigenvalues, f.amplitudes)[0][:-1] for f in fits]), shapes
+    )
     return preds, fixed, fit_s, jump_s
 
 
@@ -208,41 +204,30 @@ def global_predict(
 class Evaluator:
     """Loss and score of stacked parameters on a system's whole dataset (no update).
 
-    Score: accuracy for the classifier nets, R^2 for the regression MLP.
+    The systems' one evaluation (float64): NLL and accuracy for the classifier
+    nets (systems.fcn.evaluate), MSE and R^2 for the regression MLP
+    (systems.mlp.evaluate).
     """
 
     def __init__(self, system: Any) -> None:
-        import torch
+        from conjugacy.systems import fcn, mlp
 
-        from conjugacy.systems.fcn import two_layer
-        from conjugacy.systems.mlp import MLP
-
-        self.torch = torch
-        self.forward = two_layer
-        self.system = system
-        self.regression = isinstance(system, MLP)
+        self.regression = isinstance(system, mlp.MLP)
+        self.metrics = mlp.evaluate if self.regression else fcn.evaluate
         self.score_name = "r2" if self.regression else "accuracy"
+        self.data = host(system.x), host(system.y)
 
     def __call__(
         self, params: dict[str, np.ndarray], batch: tuple[Any, Any] | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """(loss, score) per init on the whole dataset, or on `batch` (x, y) if given."""
-        torch, sysm = self.torch, self.system
-        with torch.no_grad():
-            p = {
-                n: torch.as_tensor(np.asarray(v), dtype=torch.float32, device=sysm.device)
-                for n, v in params.items()
-            }
-            x, y = batch if batch is not None else (sysm.x, sysm.y)
-            if self.regression:
-                mse = ((sysm.outputs(p, x) - y) ** 2).double().mean(dim=1)
-                score = 1 - mse / y.double().var(unbiased=False)
-                return mse.cpu().numpy(), score.cpu().numpy()
-            logits = self.forward(p, x)
-            logp = torch.log_softmax(logits.double(), dim=-1)
-            nll = -logp[:, torch.arange(len(y)), y].mean(dim=1)
-            acc = (logits.argmax(dim=-1) == y).double().mean(dim=1)
-            return nll.cpu().numpy(), acc.cpu().numpy()
+        x, y = (host(a) for a in batch) if batch is not None else self.data
+        return self.metrics(params, x, y)
+
+
+def host(tensor: Any) -> np.ndarray:
+    """A (torch) tensor as a host numpy array."""
+    return tensor.detach().cpu().numpy() if hasattr(tensor, "detach") else np.asarray(tensor)
 
 
 def optimizer_seconds(system: Any, steps: int) -> np.ndarray:

@@ -21,8 +21,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from conjugacy.beyond.monitor import evaluation_data, fcn_metrics, fcn_parameters
 from conjugacy.config import ConfigError
+from conjugacy.config.shapes import tensor_shapes
+from conjugacy.koopman.dmd import dmd_dense, fixed_point
 from conjugacy.stores.contract import (
     StoreError,
     claim_output,
@@ -91,20 +92,13 @@ def koopman_fixed_point(
 ) -> tuple[np.ndarray, complex]:
     """(predicted converged state, its eigenvalue) from (T, D) snapshots by exact DMD.
 
-    Modes Phi = Y V S^-1 W, amplitudes from the first snapshot; the mode of
-    the eigenvalue nearest 1 (in the complex plane) is the prediction.
+    dmd_dense's modes and the first snapshot's amplitudes; the fixed point is
+    the mode of the eigenvalue nearest 1 (in the complex plane) times its
+    amplitude (koopman.dmd.fixed_point).
     """
     z = np.asarray(snapshots, dtype=np.float64)
-    x, y = z[:-1].T, z[1:].T
-    u, s, vh = np.linalg.svd(x, full_matrices=False)
-    numerical = int(np.count_nonzero(s > max(x.shape) * np.finfo(float).eps * s[0]))
-    r = numerical if rank == "full" else min(int(rank), numerical)
-    u, s, v = u[:, :r], s[:r], vh[:r].T
-    lam, w = np.linalg.eig(u.T @ y @ v / s[None, :])
-    modes = (y @ v / s[None, :]) @ w
-    b = np.linalg.lstsq(modes, z[0].astype(np.complex128), rcond=None)[0]
-    k = int(np.argmin(np.abs(lam - 1)))
-    return (modes[:, k] * b[k]).real, complex(lam[k])
+    fit = dmd_dense(z[:-1].T, z[1:].T, z[0][:, None], rank)
+    return fixed_point(fit.mode_matrix(fit.y_basis), fit.eigenvalues, fit.amplitudes[:, 0])
 
 
 def magnitude_mask(scores: np.ndarray, sparsity: float) -> np.ndarray:
@@ -129,7 +123,7 @@ def jaccard(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def prunable(cfg: dict[str, Any]) -> list[str]:
     """Tensors pruned: the weights (biases are kept, as usual)."""
-    return [n for n in fcn_parameters(cfg) if n.endswith(".weight")]
+    return [n for n in tensor_shapes(cfg) if n.endswith(".weight")]
 
 
 def finetune(
@@ -170,7 +164,7 @@ def prune(ds: xr.Dataset, opts: PruneOptions) -> xr.Dataset:
             f"trajectory store {ds.encoding.get('source', '?')} is not of a fully connected net "
             "(system fcn): prune rebuilds the nets from their recorded weights"
         )
-    names = fcn_parameters(cfg)
+    names = list(tensor_shapes(cfg))
     missing = [n for n in names if n not in ds]
     if missing:
         raise StoreError(
@@ -208,6 +202,8 @@ def prune(ds: xr.Dataset, opts: PruneOptions) -> xr.Dataset:
         "magnitude_window": window[:, -1],
         "magnitude_final": final_flat,
     }
+    from conjugacy.systems.fcn import evaluate, evaluation_data
+
     x, y, what = evaluation_data(cfg)
     lr = opts.finetune_lr
     k_s, k_m, k_i = len(opts.sparsities), len(METHODS), n
@@ -224,11 +220,11 @@ def prune(ds: xr.Dataset, opts: PruneOptions) -> xr.Dataset:
             split = np.split(masks[m, j], np.cumsum(sizes)[:-1], axis=-1)
             keep = {k: s.reshape(n, *shapes[k]) for k, s in zip(weights, split, strict=True)}
             pruned = {k: final[k] * keep[k] if k in keep else final[k] for k in names}
-            loss[m, j, 0], acc[m, j, 0] = fcn_metrics(pruned, x, y)
+            loss[m, j, 0], acc[m, j, 0] = evaluate(pruned, x, y)
             tuned = finetune(
                 cfg, int(ds.attrs.get("seed", 0)), pruned, keep, opts.finetune_steps, lr
             )
-            loss[m, j, 1], acc[m, j, 1] = fcn_metrics(tuned, x, y)
+            loss[m, j, 1], acc[m, j, 1] = evaluate(tuned, x, y)
             log.info(
                 "sparsity %.3f %s: accuracy %.3f -> %.3f after fine-tuning",
                 sparsity,
@@ -237,8 +233,8 @@ def prune(ds: xr.Dataset, opts: PruneOptions) -> xr.Dataset:
                 acc[m, j, 1].mean(),
             )
     unpruned = {
-        "final": fcn_metrics(final, x, y),
-        "window_end": fcn_metrics(
+        "final": evaluate(final, x, y),
+        "window_end": evaluate(
             {k: read(ds, k, (slice(None), t1 - 1)).astype(np.float64) for k in names}, x, y
         ),
     }

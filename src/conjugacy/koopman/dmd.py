@@ -342,3 +342,29 @@ def condition_number(s: np.ndarray, rank: int | str) -> float:
     wanted = s.size if rank == "full" else min(int(rank), s.size)
     low = s[wanted - 1]
     return float((s[0] / low) ** 2) if low > 0 else float("inf")
+
+
+def fixed_point(
+    modes: np.ndarray, eigenvalues: np.ndarray, amplitudes: np.ndarray
+) -> tuple[np.ndarray, complex]:
+    """Re(phi_k b_k) for k = argmin |mu_k - 1|, and mu_k: where the fitted dynamics settle.
+
+    modes (D, r) as DMDResult.mode_matrix scales them, amplitudes (r,) or
+    (r, inits) of one snapshot, so that x_t = sum_j phi_j mu_j^t b_j. Terms
+    with |mu_j| < 1 die out and one with mu_k = 1 stays: phi_k b_k is the
+    limit. On a trajectory still converging, the eigenvalue nearest 1 stands
+    for it (mu_k^t barely moves over the horizon). Re: the state is real (a
+    real eigenvalue's mode is real up to rounding); when the nearest is one
+    of a complex pair (a slow rotation), this is half the pair's part.
+
+    Affine dynamics x <- A x + c, made linear by a constant coordinate
+    (z = [x; 1]), need no rule of their own: the eigenvalue-1 mode is
+    [(I - A)^-1 c; 1] up to scale, the other modes are [v; 0], and every
+    z_t has constant entry 1, so phi_k b_k has constant entry 1:
+    Re(phi_k b_k) = [(I - A)^-1 c; 1], the mode divided by its constant
+    entry, without a division by that entry (0 when there is no affine part).
+    Where no affine map fits the data exactly, that entry is near 1, not 1,
+    and the rule keeps the fit's own limit rather than rescaling it.
+    """
+    k = int(np.argmin(np.abs(eigenvalues - 1)))
+    return np.multiply.outer(modes[:, k], amplitudes[k]).real, complex(eigenvalues[k])

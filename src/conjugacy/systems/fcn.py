@@ -32,6 +32,54 @@ def two_layer(
     return out
 
 
+def relu64(h: np.ndarray) -> np.ndarray:
+    return np.maximum(h, 0.0)
+
+
+def outputs64(params: dict[str, np.ndarray], x: np.ndarray, activation=relu64) -> np.ndarray:
+    """two_layer in float64 numpy: outputs (..., batch, out) of nets in -> h -> out.
+
+    params hold fc1.weight (..., h, in), fc2.weight (..., out, h) and the
+    biases if any, with the same leading axes (inits, or inits and steps).
+    """
+    p = {n: np.asarray(v, np.float64) for n, v in params.items()}
+    hidden = np.asarray(x, np.float64) @ np.swapaxes(p["fc1.weight"], -1, -2)
+    if "fc1.bias" in p:
+        hidden += p["fc1.bias"][..., None, :]
+    out = activation(hidden) @ np.swapaxes(p["fc2.weight"], -1, -2)
+    if "fc2.bias" in p:
+        out += p["fc2.bias"][..., None, :]
+    return out
+
+
+def evaluate(
+    params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(NLL loss, accuracy) of stacked classifier nets on (x, y), in float64.
+
+    The loss the nets train on (log-softmax + NLL, mean over samples), without
+    an update: the forward pass and the log-softmax in float64 whatever the
+    weights' dtype, so losses of recorded, predicted and pruned weights
+    compare to rounding. Results have the parameters' leading axes.
+    """
+    logits = outputs64(params, x)
+    top = logits.max(axis=-1, keepdims=True)
+    logp = logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
+    y = np.asarray(y)
+    target = np.broadcast_to(y[:, None], logp.shape[:-1] + (1,))
+    loss = -np.take_along_axis(logp, target, axis=-1)[..., 0].mean(axis=-1)
+    return loss, (logits.argmax(axis=-1) == y).mean(axis=-1)
+
+
+def evaluation_data(cond: dict[str, Any]) -> tuple[np.ndarray, np.ndarray, str]:
+    """(x, y, what) to evaluate a condition's nets on: its held-out part, else its training set."""
+    x, y = load_dataset(cond["dataset"], cond.get("data_dir"))
+    train, held = split_holdout(x, y, cond.get("holdout"))
+    if len(held[1]):
+        return held[0], held[1], "validation"
+    return train[0], train[1], "training set"
+
+
 def snapshot_of(
     params: dict[str, torch.Tensor], names: Iterable[str] | None = None
 ) -> dict[str, np.ndarray]:
@@ -110,14 +158,21 @@ class FCN:
         self.rng = np.random.default_rng([seed, 1])
         self.order = np.empty(0, dtype=np.int64)
 
-    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Epoch-wise reshuffled mini-batches, the same for every init of the seed."""
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next mini-batch (x, y), drawn as a step draws it (the step after gets the next).
+
+        Epoch-wise reshuffled mini-batches, the same for every init of the seed.
+        """
         b = self.cond["batch_size"]
         if len(self.order) < b:
             self.order = self.rng.permutation(len(self.y))
         idx, self.order = self.order[:b], self.order[b:]
         index = torch.from_numpy(idx).to(self.device)
         return self.x[index], self.y[index]
+
+    def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """next_batch, by the name the training step (and benchmarks/training.py) call."""
+        return self.next_batch()
 
     def _losses(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         logits = two_layer(self.params, x)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from conjugacy.config.shapes import tensor_shapes
-from conjugacy.systems.fcn import FCN, base_init, stack_inits, two_layer
+from conjugacy.systems.fcn import FCN, base_init, outputs64, stack_inits, two_layer
 
 TEACHER_SEED = 20201206  # fixed: every seed and condition sees the same task
 
@@ -29,6 +29,19 @@ def regression_data(inputs: int, samples: int, noise: float) -> tuple[np.ndarray
     y = np.tanh(x @ w1.T) @ w2
     y = (y - y.mean()) / y.std() + noise * rng.standard_normal(samples)
     return x.astype(np.float32), y.astype(np.float32)
+
+
+def evaluate(
+    params: dict[str, np.ndarray], x: np.ndarray, y: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mean squared error, R^2) of stacked regression nets on (x, y), in float64.
+
+    The loss the nets train on, without an update; R^2 = 1 - MSE / Var(y).
+    Results have the parameters' leading axes.
+    """
+    y = np.asarray(y, np.float64)
+    mse = ((outputs64(params, x, np.tanh)[..., 0] - y) ** 2).mean(axis=-1)
+    return mse, 1.0 - mse / y.var()
 
 
 class MLP(FCN):

@@ -11,7 +11,6 @@ from conftest import net_config
 from conjugacy import config
 from conjugacy.beyond.monitor import (
     MonitorOptions,
-    fcn_metrics,
     first_run,
     plateau_step,
     summary,
@@ -122,25 +121,6 @@ def test_switch_point_is_found(tmp_path):
     assert result.near_one.values[starts >= 60] == pytest.approx(4)
     table = summary([tmp_path / "m.zarr"])
     assert table.converged_step.tolist() == [89]
-
-
-def test_fcn_metrics_match_torch():
-    rng = np.random.default_rng(0)
-    params = {
-        "fc1.weight": rng.standard_normal((2, 5, 6)),
-        "fc1.bias": rng.standard_normal((2, 5)),
-        "fc2.weight": rng.standard_normal((2, 3, 5)),
-        "fc2.bias": rng.standard_normal((2, 3)),
-    }
-    x, y = rng.standard_normal((7, 6)), rng.integers(0, 3, 7)
-    loss, acc = fcn_metrics(params, x, y)
-    for i in range(2):
-        t = {k: torch.from_numpy(v[i]) for k, v in params.items()}
-        h = torch.relu(torch.from_numpy(x) @ t["fc1.weight"].T + t["fc1.bias"])
-        logits = h @ t["fc2.weight"].T + t["fc2.bias"]
-        ref = torch.nn.functional.cross_entropy(logits, torch.from_numpy(y))
-        assert loss[i] == pytest.approx(float(ref), rel=1e-12)
-        assert acc[i] == pytest.approx(float((logits.argmax(1).numpy() == y).mean()))
 
 
 def test_monitor_of_a_trained_net_uses_held_out_loss(tmp_path):

@@ -104,6 +104,22 @@ def test_fixed_point_is_the_least_squares_solution(trajectory):
         np.testing.assert_allclose(fixed["fc1.bias"][i], b_star, atol=1e-9)
 
 
+@pytest.mark.parametrize(("params", "window"), [(20, 6), (7, 15)])
+def test_global_fit_reproduces_the_last_snapshot(params, window):
+    """Zero steps ahead is the window's last snapshot, on a nonlinear trajectory.
+
+    Few snapshots of many parameters (the last one outside the span of the others) and many
+    of few: the amplitudes are the last snapshot's, so Phi b is that snapshot.
+    """
+    rng = np.random.default_rng(5)
+    t = np.arange(window)[:, None] / window
+    snaps = np.tanh(rng.standard_normal(params) * 3 * t + rng.standard_normal(params)) + t**2
+    fit = predict.global_fit(snaps)
+    np.testing.assert_allclose(predict.global_jump(fit, 0), snaps[-1], atol=1e-10)
+    one = predict.global_jump(fit, 1)
+    assert np.abs(one - snaps[-1]).max() > 1e-3  # and the fit moves on from it
+
+
 def test_window_too_short_degrades(trajectory):
     """A neuron has 5 observables: 6 snapshots (5 pairs) determine K, 3 do not."""
     traj, _ = trajectory
@@ -249,7 +265,11 @@ def numpy_node_jump(snaps: dict[str, np.ndarray], jump: int, rtol: float) -> dic
 
 
 def numpy_global_jump(snaps: dict[str, np.ndarray], jump: int, rtol: float):
-    """Per init, exact DMD of [all weights; 1] by SVD: prediction and fixed point, (inits, P)."""
+    """Per init, exact DMD of [all weights; 1] by SVD: prediction and fixed point, (inits, P).
+
+    Modes Phi = Y V S^-1 W / mu; the last snapshot's amplitudes b = W^-1 U_r^T x_last;
+    the fixed point Re(phi_k b_k) with mu_k nearest 1.
+    """
     series = np.stack(
         [flat({n: v[t] for n, v in snaps.items()}) for t in range(len(snaps[NAMES[0]]))]
     )
@@ -261,11 +281,11 @@ def numpy_global_jump(snaps: dict[str, np.ndarray], jump: int, rtol: float):
         r = int(np.count_nonzero(s > rtol * max(x.shape) * s[0]))
         v, s = vh[:r].T, s[:r]
         mu, w = np.linalg.eig(u[:, :r].T @ y @ v / s)
-        modes = y @ v / s @ w
-        amp = np.linalg.lstsq(modes, z[:, -1].astype(complex), rcond=None)[0]
+        modes = y @ v / s @ w / mu
+        amp = np.linalg.solve(w, u[:, :r].T @ z[:, -1])
         preds.append((modes @ (mu**jump * amp)).real[:-1])
         k = np.argmin(np.abs(mu - 1))
-        fixed.append((modes[:, k] / modes[-1, k]).real[:-1])
+        fixed.append((modes[:, k] * amp[k]).real[:-1])
     return np.array(preds), np.array(fixed)
 
 
@@ -370,6 +390,23 @@ def test_accelerate_and_summary(mlp_run):
         np.testing.assert_array_equal(curve.effective_step, kept.effective_step)
     for png in paths[2:]:
         assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_guard_draws_the_next_batch():
+    """The guard compares losses on the system's next mini-batch: it passes the current
+    weights (equal losses) and refuses weights that raise the loss; each call takes a batch."""
+    from conjugacy.training.train import make_system
+
+    cond = {"system": "fcn", "hidden": 3, "bias": True, "inits": 2, "batch_size": 50}
+    cond = resolve({"experiment": "t", "conditions": {"f": cond}})["conditions"]["f"]
+    system, _ = make_system(cond, 0)
+    evaluate = predict.Evaluator(system)
+    now = system.snapshot()
+    assert accelerate.better(evaluate, system, now)
+    left = len(system.order)
+    worse = {n: v * 50.0 for n, v in now.items()}
+    assert not accelerate.better(evaluate, system, worse)
+    assert len(system.order) == left - 50
 
 
 def test_evaluator_matches_the_fcn_loss():

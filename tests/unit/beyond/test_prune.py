@@ -144,13 +144,14 @@ def test_prune_of_a_trained_net(trained, tmp_path):
         return held_out_accuracy(w1.reshape(shapes[0]), w2.reshape(shapes[1]))
 
     for i in range(2):
-        # Exact DMD of snapshots 0..29, rank 5; the eigenvalue nearest 1 and its mode's part.
+        # Exact DMD of snapshots 0..29, rank 5: modes Y V S^-1 W / mu, the first snapshot's
+        # amplitudes W^-1 U^T z_0; the eigenvalue nearest 1 and its mode times its amplitude.
         z = weights[i, :30]
         u, s, vh = np.linalg.svd(z[:-1].T, full_matrices=False)
         u, s, v = u[:, :5], s[:5], vh[:5].T
         mu, w = np.linalg.eig(u.T @ z[1:].T @ v / s)
-        modes = z[1:].T @ v / s @ w
-        b = np.linalg.lstsq(modes, z[0].astype(complex), rcond=None)[0]
+        modes = z[1:].T @ v / s @ w / mu
+        b = np.linalg.solve(w, u.T @ z[0])
         k = np.argmin(np.abs(mu - 1))
         predicted, final = (modes[:, k] * b[k]).real, weights[i, -1]
         assert ds.eigenvalue.values[i] == pytest.approx(mu[k], abs=1e-10)
