@@ -1,5 +1,6 @@
 # Config loading and validation, shared paths, and the includes of each stage's functions.
 import errno
+import hashlib
 import json
 import shlex
 import sys
@@ -14,6 +15,7 @@ sys.path.insert(0, str(SRC))
 from conjugacy.config import (
     ConfigError,
     condition_pairs,
+    external_paths,
     resolve,
     training_config,
     training_json,
@@ -23,6 +25,14 @@ from conjugacy.provenance import code_hash
 
 try:
     CONFIG = resolve(config)
+    EXTERNAL = [
+        c for c, cond in CONFIG["conditions"].items() if cond["system"] == "external"
+    ]
+    if EXTERNAL:  # the stores of your own runs: checked before any job
+        from conjugacy.koopman.spectrum import check_external
+
+        for name in EXTERNAL:
+            check_external(name, CONFIG["conditions"][name])
 except ConfigError as exc:
     raise WorkflowError(f"invalid config: {exc}") from None
 
@@ -65,6 +75,14 @@ def runs():
     return [(c, s) for c in CONDITIONS for s in seeds(c)]
 
 
+def trajectories(condition, seed):
+    """The trajectory store(s) of one run: your own (system external) or the train stage's."""
+    cond = CONDITIONS[condition]
+    if cond["system"] == "external":
+        return external_paths(cond, seed)
+    return [trajectory(condition, seed)]
+
+
 def trajectory(condition, seed):
     return f"{RESULTS}/trajectories/{condition}/seed{seed}.zarr"
 
@@ -79,7 +97,7 @@ def checkpoint_dir(condition, seed):
 
 
 def all_trajectories():
-    return [trajectory(c, s) for c, s in runs()]
+    return [path for c, s in runs() for path in trajectories(c, s)]
 
 
 def all_spectra():

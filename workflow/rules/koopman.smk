@@ -1,7 +1,7 @@
 rule koopman:
     """Koopman eigenvalues of one trajectory by pooled exact DMD (one pass over the store)."""
     input:
-        f"{RESULTS}/trajectories/{{condition}}/seed{{seed}}.zarr",
+        koopman_input,
     output:
         directory(f"{RESULTS}/spectra/{{condition}}/seed{{seed}}.zarr"),
     log:
@@ -18,8 +18,10 @@ rule koopman:
         mem_mb=koopman_mem_mb,
     params:
         settings=koopman_settings,
+        stores=stores_fingerprint,
         code=stage_code("koopman"),
     shell:
         CONJUGACY_ON_GPUS
         + " koopman {input} -o {output} --settings {params.settings} --skip-diverged"
+        " --condition {wildcards.condition} --seed {wildcards.seed}"
         " 2> {log}"

@@ -17,7 +17,7 @@ rule summary:
     threads: 1
     params:
         # The resolved config as a shell word: a changed setting rewrites the summary.
-        spec=shell_json(CONFIG),
+        spec=lambda wildcards: shell_json(CONFIG),
         benchmarks=f"{RESULTS}/benchmarks",
         code=stage_code("summary"),
     shell:

@@ -6,7 +6,7 @@
 rule koopman_window:
     """Koopman eigenvalues of one window of one trajectory (its own spectrum store)."""
     input:
-        f"{RESULTS}/trajectories/{{condition}}/seed{{seed}}.zarr",
+        koopman_input,
     output:
         directory(f"{RESULTS}/spectra/{{condition}}/seed{{seed}}/window{{window}}.zarr"),
     log:
@@ -25,10 +25,12 @@ rule koopman_window:
         mem_mb=koopman_mem_mb,
     params:
         settings=koopman_window_settings,
+        stores=stores_fingerprint,
         code=stage_code("koopman"),
     shell:
         CONJUGACY_ON_GPUS
         + " koopman {input} -o {output} --settings {params.settings} --skip-diverged"
+        " --condition {wildcards.condition} --seed {wildcards.seed}"
         " 2> {log}"
 
 

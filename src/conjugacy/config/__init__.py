@@ -14,6 +14,7 @@ from conjugacy.config.checks import (
     check_windows,
     cond_inits,
     condition_pairs,
+    external_paths,
     option_label,
     window_bounds,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "check_windows",
     "cond_inits",
     "condition_pairs",
+    "external_paths",
     "load",
     "option_label",
     "resolve",

@@ -207,9 +207,22 @@ def check_verdict_options(
         seen.add(frozenset((a, b)))
 
 
+def external_paths(cond: dict[str, Any], seed: int) -> list[str]:
+    """The trajectory store(s) of one seed of an `external` condition (pooled when several)."""
+    patterns = cond["trajectories"]
+    patterns = [patterns] if isinstance(patterns, str) else list(patterns)
+    return [pattern.replace("{seed}", str(seed)) for pattern in patterns]
+
+
 def check_condition(name: str, cond: dict[str, Any]) -> None:
-    """Checks that need more than types: names, domains, and sizes of the DMD problem."""
+    """Checks that need more than types: names, domains, and sizes of the DMD problem.
+
+    An `external` condition's sizes are its stores': the workflow checks them
+    (koopman.spectrum.check_external) before any job.
+    """
     key = f"conditions.{name}"
+    if cond["system"] == "external":
+        return
     for grid_key in ("grid", "grid_a", "grid_b"):
         grid = cond.get(grid_key)
         if grid is not None and not grid["low"] < grid["high"]:

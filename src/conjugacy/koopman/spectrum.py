@@ -21,7 +21,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from conjugacy.config import ConfigError, check_koopman
+from conjugacy.config import ConfigError, check_koopman, check_windows, external_paths
 from conjugacy.config.validation import defaults
 from conjugacy.koopman.backend import NumpyBackend, TorchBackend, backend
 from conjugacy.koopman.dmd import (
@@ -467,6 +467,33 @@ def open_pooled(paths: list[Path], allow_diverged: bool) -> list[xr.Dataset]:
                 f"steps ({first.sizes['step']} vs {ds.sizes['step']} snapshots)"
             )
     return stores
+
+
+def check_external(name: str, cond: dict[str, Any]) -> None:
+    """Before any job: every store of an `external` condition exists, follows the contract,
+    and fits its Koopman settings (one line naming the store and what is wrong)."""
+    key = f"config key conditions.{name}"
+    for seed in cond["seeds"]:
+        paths = [Path(p) for p in external_paths(cond, seed)]
+        for path in paths:
+            if not path.exists():
+                raise ConfigError(f"{key}.trajectories: seed {seed}: {path} does not exist")
+        try:
+            stores = open_pooled(paths, allow_diverged=True)
+        except StoreError as exc:
+            raise ConfigError(f"{key}.trajectories: seed {seed}: {exc}") from None
+        ds = stores[0]
+        shapes = {n: tuple(ds[n].shape[2:]) for n in tensor_variables(ds)}
+        steps = [int(s) for s in ds["step"].values]
+        inits = sum(d.sizes["init"] for d in stores)
+        where = f"seed {seed}: {paths[0]}"
+
+        def label(k: str, where: str = where) -> str:
+            return f"{key}.koopman.{k} ({where})"
+
+        check_koopman(cond["koopman"], shapes, steps, inits, label=label)
+        if cond["koopman"].get("windows"):
+            check_windows(cond["koopman"], shapes, steps, inits, label=label)
 
 
 def write_spectrum(

@@ -108,13 +108,33 @@ def _mean_sd(mean: Any, sd: Any) -> str:
     return f"{_number(mean)} ± {_number(sd, '.2g')}"
 
 
+def _interval(low: Any, high: Any) -> str:
+    if low is None or high is None:
+        return "-"
+    return f"[{_number(low)}, {_number(high)}]"
+
+
+def _level(verdicts: pd.DataFrame) -> str:
+    """'90% ' when every pair's interval has that level, else ''."""
+    if "ratio_level" not in verdicts:
+        return ""
+    levels = set(verdicts["ratio_level"].dropna())
+    return f"{levels.pop():.0%} " if len(levels) == 1 else ""
+
+
 def verdict_section(verdicts: pd.DataFrame) -> str:
-    """The verdict table; columns a table written before they existed lacks are shown as -."""
+    """The verdict table; columns a table written before they existed lacks are shown as -.
+
+    The ratio's interval is the cluster bootstrap over seeds the verdict
+    reads (conjugate: at or below the margin; not conjugate: above it and p
+    corrected below alpha).
+    """
     header = [
         "pair",
         "W between (mean ± sd)",
         "W within (mean ± sd)",
         "ratio",
+        f"ratio {_level(verdicts)}interval",
         "p",
         "p corrected",
         "Mann-Whitney p",
@@ -129,6 +149,7 @@ def verdict_section(verdicts: pd.DataFrame) -> str:
                 _mean_sd(row.get("w_between_mean"), row.get("w_between_sd")),
                 _mean_sd(row.get("w_within_mean"), row.get("w_within_sd")),
                 _number(row.get("ratio")),
+                _interval(row.get("ratio_low"), row.get("ratio_high")),
                 _number(row.get("p_value")),
                 _number(row.get("p_corrected")),
                 _number(row.get("mw_p")),
@@ -179,7 +200,14 @@ def settings_section(cfg: dict[str, Any]) -> str:
     c = cfg.get("compare", {})
     test = ", ".join(
         f"{key} {c[key]}"
-        for key in ("alpha", "max_ratio", "permutations", "correction")
+        for key in (
+            "alpha",
+            "max_ratio",
+            "permutations",
+            "correction",
+            "bootstrap",
+            "bootstrap_seed",
+        )
         if key in c
     )
     return markdown_table(header, rows) + (f"\n\nTest: {test}." if test else "")
@@ -219,6 +247,31 @@ def wall_time_section(bench: pd.DataFrame) -> str:
     )
 
 
+def external_section(cfg: dict[str, Any]) -> str:
+    """Conditions whose runs you recorded yourself: where their stores are, and what the
+    first seed's store says of itself (its own attributes; this workflow trained nothing)."""
+    from conjugacy.config import external_paths
+    from conjugacy.stores.contract import open_store
+
+    rows = []
+    for name, cond in cfg["conditions"].items():
+        if cond.get("system") != "external":
+            continue
+        first = external_paths(cond, cond["seeds"][0])
+        attrs = open_store(first[0], "trajectory").attrs
+        own = ", ".join(
+            f"{key} {_setting(value)}"
+            for key, value in attrs.items()
+            if key not in ("integrity", "versions", "role", "status")
+        )
+        patterns = cond["trajectories"]
+        rows.append([name, _setting(patterns), own or "-"])
+    if not rows:
+        return ""
+    header = ["condition", "trajectory stores", "attributes of the first seed's store"]
+    return "\n".join(["## Your own runs", "", markdown_table(header, rows), "", ""])
+
+
 def render(cfg: dict[str, Any], verdicts: pd.DataFrame, bench: pd.DataFrame) -> str:
     """The whole summary.md."""
     name = cfg.get("experiment", "?")
@@ -234,7 +287,7 @@ def render(cfg: dict[str, Any], verdicts: pd.DataFrame, bench: pd.DataFrame) -> 
             "",
             settings_section(cfg),
             "",
-            "## Wall time",
+            external_section(cfg) + "## Wall time",
             "",
             wall_time_section(bench),
             "",

@@ -13,8 +13,8 @@ def store_mb(path):
 
 
 def koopman_mem_mb(wildcards, input, attempt):
-    """Memory of a Koopman job: 1 GB plus twice its trajectory store, times the attempt."""
-    return attempt * (1000 + 2 * round(store_mb(input[0])))
+    """Memory of a Koopman job: 1 GB plus twice its trajectory stores, times the attempt."""
+    return attempt * (1000 + 2 * round(sum(store_mb(path) for path in input)))
 
 
 def koopman_gpus(wildcards):
@@ -28,3 +28,26 @@ def koopman_settings(wildcards):
     """The condition's `koopman` section for `conjugacy koopman --settings` (one JSON word)."""
     k = CONDITIONS[wildcards.condition]["koopman"]
     return shell_json({key: value for key, value in k.items() if key != "windows"})
+
+
+def koopman_input(wildcards):
+    """The trajectory store(s) a spectrum is computed from."""
+    return trajectories(wildcards.condition, int(wildcards.seed))
+
+
+def stores_fingerprint(wildcards, input):
+    """Sizes and times of every file of the input stores of your own runs (system external).
+
+    Snakemake compares only a directory's own time, which a rewritten Zarr
+    store need not change: this param reruns the spectrum of a store that
+    changed. The workflow's own stores are outputs of its rules: "".
+    """
+    if CONDITIONS[wildcards.condition]["system"] != "external":
+        return ""
+    digest = hashlib.sha256()
+    for store in input:
+        for path in sorted(Path(store).rglob("*")):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()[:16]
