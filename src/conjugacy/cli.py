@@ -275,37 +275,37 @@ def cmd_windows(args: argparse.Namespace) -> None:
     log.info("successive windows:\n%s", table.to_string(index=False))
 
 
-def _predict_source(args: argparse.Namespace) -> tuple[dict, dict]:
-    """(condition, predict settings): schema defaults < the config's predict section."""
+def _condition(args: argparse.Namespace) -> tuple[dict, dict]:
+    """(condition, config) of --spec JSON (what the workflow passes; config {}) or of
+    --config FILE --condition NAME."""
     from conjugacy import config
 
-    pred = config.schema()["properties"]["predict"]
-    defaults = {k: v["default"] for k, v in pred["properties"].items() if "default" in v}
-    acc_props = pred["properties"]["accelerate"]["properties"]
-    defaults["accelerate"] = {k: v["default"] for k, v in acc_props.items() if "default" in v}
     if args.spec is not None:
-        return _spec(args.spec), defaults
+        return _spec(args.spec), {}
     cfg = config.load(args.config)
     if args.condition not in cfg["conditions"]:
         raise ConfigError(
             f"--condition {args.condition!r} is not in {args.config}; "
             f"expected one of {sorted(cfg['conditions'])}"
         )
-    return cfg["conditions"][args.condition], {**defaults, **cfg.get("predict", {})}
+    return cfg["conditions"][args.condition], cfg
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from conjugacy.beyond.predict import options_from, table, write_predictions
+    from conjugacy.beyond.predict import PredictOptions, table, write_predictions
 
-    cond, settings = _predict_source(args)
-    for key in ("start", "windows", "jumps", "methods", "rank"):
-        if getattr(args, key) is not None:
-            settings[key] = getattr(args, key)
-    result = write_predictions(
-        args.trajectory, args.output, cond, options_from(settings), args.condition
-    )
+    cond, cfg = _condition(args)
+    section = {
+        k: v for k, v in cfg.get("predict", {}).items() if k not in ("conditions", "accelerate")
+    }
+    keys = ("start", "windows", "jumps", "methods", "rank")
+    given = {**section, **args.settings, **_given(args, {k: k for k in keys})}
+    given.pop("accelerate", None)
+    given.pop("conditions", None)
+    opts = PredictOptions.from_settings(config_settings("predict", given, option_label))
+    result = write_predictions(args.trajectory, args.output, cond, opts, args.condition)
     with pd.option_context("display.width", 200):
         log.info("predictions:\n%s", table([result]).round(4).to_string(index=False))
 
@@ -324,15 +324,13 @@ def _lr(text: str) -> tuple[str, float]:
 def cmd_accelerate(args: argparse.Namespace) -> None:
     from conjugacy.beyond.accelerate import write_accelerated
 
-    cond, settings = _predict_source(args)
-    acc = dict(settings["accelerate"])
-    for key in ("steps", "k", "window", "jump", "eval_every"):
-        if getattr(args, key) is not None:
-            acc[key] = getattr(args, key)
+    cond, cfg = _condition(args)
+    section = cfg.get("predict", {}).get("accelerate", {})
+    keys = ("steps", "k", "window", "jump", "eval_every", "guard")
+    given = {**section, **args.settings, **_given(args, {k: k for k in keys})}
     if args.optimizer:
-        acc["optimizers"] = dict(args.optimizer)
-    if args.no_guard:
-        acc["guard"] = False
+        given["optimizers"] = dict(args.optimizer)
+    acc = config_settings("accelerate", given, option_label)
     if cond.get("system") not in ("fcn", "mlp"):
         raise ConfigError(f"condition {args.condition!r}: expected system fcn or mlp")
     if acc["window"] > acc["k"] + 1:
@@ -363,13 +361,10 @@ def _fractions(text: str) -> list[float]:
 def cmd_prune(args: argparse.Namespace) -> None:
     from conjugacy.beyond.prune import PruneOptions, write_pruning
 
-    opts = PruneOptions(
-        window=args.window,
-        rank=args.rank,
-        sparsities=args.sparsities,
-        finetune_steps=args.finetune_steps,
-        finetune_lr=args.finetune_lr,
-    )
+    keys = ("window", "rank", "sparsities", "finetune_steps", "finetune_lr")
+    given = {**args.settings, **_given(args, {k: k for k in keys})}
+    given.pop("conditions", None)  # the workflow's business: which conditions are pruned
+    opts = PruneOptions.from_settings(config_settings("prune", given, option_label))
     result = write_pruning(args.trajectory, args.output, opts)
     log.info(
         "wrote %s: Jaccard koopman vs final magnitude %s",
@@ -388,19 +383,12 @@ def cmd_prune_report(args: argparse.Namespace) -> None:
 def cmd_monitor(args: argparse.Namespace) -> None:
     from conjugacy.beyond.monitor import MonitorOptions, write_monitor
 
-    opts = MonitorOptions(
-        observables=args.observable,
-        window=args.window,
-        stride=args.stride,
-        delays=args.delays,
-        rank=args.rank,
-        leading=args.leading,
-        radius=args.radius,
-        consecutive=args.consecutive,
-        unstable=args.unstable,
-        patience=args.patience,
-        min_delta=args.min_delta,
-    )
+    keys = ("window", "stride", "delays", "rank", "leading", "radius", "consecutive")
+    keys += ("unstable", "patience", "min_delta")
+    flags = {**{k: k for k in keys}, "observables": "observable"}
+    given = {**args.settings, **_given(args, flags)}
+    given.pop("conditions", None)  # the workflow's business: which conditions are monitored
+    opts = MonitorOptions.from_settings(config_settings("monitor", given, option_label))
     write_monitor(args.trajectory, args.output, opts)
 
 
@@ -646,6 +634,7 @@ def _add_predict(sub) -> None:
     _config_source(pr, "resolved condition config as JSON")
     pr.add_argument("--condition", required=True, help="condition name")
     pr.add_argument("-o", "--output", type=Path, required=True, help="prediction store to write")
+    _settings_option(pr, "predict")
     pr.add_argument("--start", type=_nonneg, help="first step of every fit window")
     pr.add_argument("--windows", type=_int_at_least(2), nargs="+", help="snapshots per fit")
     pr.add_argument("--jumps", type=_positive, nargs="+", help="steps predicted ahead")
@@ -658,8 +647,9 @@ def _add_accelerate(sub) -> None:
     ac = sub.add_parser("accelerate", help="plain vs Koopman-accelerated training curves")
     _config_source(ac, "resolved condition config as JSON")
     ac.add_argument("--condition", required=True, help="condition name")
-    ac.add_argument("--seed", type=_nonneg, default=0)
+    ac.add_argument("--seed", type=_seed, default=0)
     ac.add_argument("-o", "--output", type=Path, required=True, help="curve store to write")
+    _settings_option(ac, "predict.accelerate")
     ac.add_argument("--steps", type=_positive, help="effective optimizer steps of every run")
     ac.add_argument("--k", type=_positive, help="optimizer steps between jumps")
     ac.add_argument("--window", type=_int_at_least(2), help="snapshots of each fit")
@@ -667,7 +657,11 @@ def _add_accelerate(sub) -> None:
     ac.add_argument("--eval-every", type=_positive, help="effective steps between evaluations")
     ac.add_argument("--optimizer", type=_lr, action="append", help="NAME=LR, sgd or adam (repeat)")
     ac.add_argument(
-        "--no-guard", action="store_true", help="take every jump, even one that raises the loss"
+        "--no-guard",
+        action="store_false",
+        dest="guard",
+        default=None,
+        help="take every jump, even one that raises the loss",
     )
     ac.set_defaults(func=cmd_accelerate)
 
@@ -681,17 +675,20 @@ def _add_predict_summary(sub) -> None:
 
 
 def _add_prune(sub) -> None:
+    d = defaults("prune")
     pr = sub.add_parser("prune", help="Koopman magnitude pruning vs magnitude pruning of a net")
     pr.add_argument("trajectory", type=Path, help="fcn trajectory store recording every parameter")
     pr.add_argument("-o", "--output", type=Path, required=True, help="prune store to write")
+    _settings_option(pr, "prune")
+    window = ":".join(map(str, d["window"]))
     pr.add_argument(
-        "--window", type=_window, default=(0, 100), help="START:STOP steps of the DMD window"
+        "--window", type=_window, help=f"START:STOP steps of the DMD (default {window})"
     )
-    pr.add_argument("--rank", type=_rank, default=10, help="DMD truncation rank or 'full'")
     pr.add_argument(
-        "--sparsities", type=_fractions, default=[0.5, 0.8, 0.9, 0.95], help="e.g. 0.5,0.9"
+        "--rank", type=_rank, help=f"DMD truncation rank or 'full' (default {d['rank']})"
     )
-    pr.add_argument("--finetune-steps", type=_nonneg, default=20)
+    pr.add_argument("--sparsities", type=_fractions, help="e.g. 0.5,0.9")
+    pr.add_argument("--finetune-steps", type=_nonneg, help=f"default {d['finetune_steps']}")
     pr.add_argument("--finetune-lr", type=float, help="default: the condition's learning rate")
     pr.set_defaults(func=cmd_prune)
 
@@ -708,19 +705,20 @@ def _add_monitor(sub) -> None:
     mo = sub.add_parser("monitor", help="sliding-window DMD convergence monitor of a trajectory")
     mo.add_argument("trajectory", type=Path)
     mo.add_argument("-o", "--output", type=Path, required=True, help="monitor store to write")
+    _settings_option(mo, "monitor")
     mo.add_argument(
         "--observable", action="extend", nargs="+", help="recorded tensors (default: all)"
     )
-    mo.add_argument("--window", type=_positive, default=50, help="snapshots per window")
-    mo.add_argument("--stride", type=_positive, default=10, help="snapshots between windows")
-    mo.add_argument("--delays", type=_nonneg, default=0)
-    mo.add_argument("--rank", type=_rank, default=10)
-    mo.add_argument("--leading", type=_positive, default=3, help="eigenvalues that must near 1")
-    mo.add_argument("--radius", type=float, default=0.05, help="cluster radius around 1")
-    mo.add_argument("--consecutive", type=_positive, default=3, help="windows in a row")
-    mo.add_argument("--unstable", type=float, default=1.05, help="spectral radius alarm level")
-    mo.add_argument("--patience", type=_positive, default=20, help="validation-loss patience")
-    mo.add_argument("--min-delta", type=float, default=1e-3, help="relative improvement")
+    mo.add_argument("--window", type=_positive, help="snapshots per window")
+    mo.add_argument("--stride", type=_positive, help="snapshots between windows")
+    mo.add_argument("--delays", type=_nonneg)
+    mo.add_argument("--rank", type=_rank)
+    mo.add_argument("--leading", type=_positive, help="eigenvalues that must near 1")
+    mo.add_argument("--radius", type=float, help="cluster radius around 1")
+    mo.add_argument("--consecutive", type=_positive, help="windows in a row")
+    mo.add_argument("--unstable", type=float, help="spectral radius alarm level")
+    mo.add_argument("--patience", type=_positive, help="validation-loss patience")
+    mo.add_argument("--min-delta", type=float, help="relative improvement")
     mo.set_defaults(func=cmd_monitor)
 
 

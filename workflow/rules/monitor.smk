@@ -21,10 +21,10 @@ rule monitor:
     resources:
         gpu=0,
     params:
-        options=monitor_args(),
+        settings=monitor_settings(),
         code=stage_code("monitor"),
     shell:
-        f"{CONJUGACY} monitor {{input}} -o {{output}} {{params.options}} 2> {{log}}"
+        f"{CONJUGACY} monitor {{input}} -o {{output}} --settings {{params.settings}} 2> {{log}}"
 
 
 rule monitor_report:

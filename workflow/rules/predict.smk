@@ -22,12 +22,12 @@ rule predict:
         gpu=0,
     params:
         spec=train_spec,
-        options=predict_args(),
+        settings=predict_settings(),
         code=stage_code("predict"),
     shell:
         CONJUGACY
         + " predict {input} --spec {params.spec} --condition {wildcards.condition}"
-        " {params.options} -o {output} 2> {log}"
+        " --settings {params.settings} -o {output} 2> {log}"
 
 
 rule accelerate:
@@ -46,12 +46,12 @@ rule accelerate:
     params:
         spec=train_spec,
         seed=lambda wildcards: seeds(wildcards.condition)[0],
-        options=accelerate_args(),
+        settings=accelerate_settings(),
         code=stage_code("accelerate"),
     shell:
         CONJUGACY
         + " accelerate --spec {params.spec} --condition {wildcards.condition}"
-        " --seed {params.seed} {params.options} -o {output} 2> {log}"
+        " --seed {params.seed} --settings {params.settings} -o {output} 2> {log}"
 
 
 rule predict_summary:

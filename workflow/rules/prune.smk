@@ -21,10 +21,10 @@ rule prune:
     resources:
         gpu=0,
     params:
-        options=prune_args(),
+        settings=prune_settings(),
         code=stage_code("prune"),
     shell:
-        f"{CONJUGACY} prune {{input}} -o {{output}} {{params.options}} 2> {{log}}"
+        f"{CONJUGACY} prune {{input}} -o {{output}} --settings {{params.settings}} 2> {{log}}"
 
 
 rule prune_report:

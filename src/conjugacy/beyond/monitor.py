@@ -14,7 +14,7 @@ which the validation loss stops improving (early stopping with patience).
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import xarray as xr
 
 from conjugacy.config import ConfigError, check_koopman
 from conjugacy.config.shapes import tensor_shapes
+from conjugacy.config.validation import defaults
 from conjugacy.koopman.observables import Observable
 from conjugacy.koopman.spectrum import KoopmanOptions, decompose
 from conjugacy.stores.contract import (
@@ -39,19 +40,29 @@ from conjugacy.stores.contract import (
 log = logging.getLogger(__name__)
 
 
+DEFAULTS = defaults("monitor")  # the schema's: the one place of every default
+
+
 @dataclass
 class MonitorOptions:
-    observables: list[str] | None = None
-    window: int = 50  # snapshots per window
-    stride: int = 10  # snapshots between window starts
-    delays: int = 0
-    rank: int | str = 10
-    leading: int = 3  # eigenvalues of largest modulus that must cluster at 1
-    radius: float = 0.05
-    consecutive: int = 3
-    unstable: float = 1.05  # spectral radius above this flags the window
-    patience: int = 20  # steps without improvement that stop the validation loss
-    min_delta: float = 1e-3  # relative improvement that counts
+    """The config's `monitor` settings (defaults and meanings in the schema)."""
+
+    observables: list[str] | None = DEFAULTS["observables"]
+    window: int = DEFAULTS["window"]  # snapshots per window
+    stride: int = DEFAULTS["stride"]  # snapshots between window starts
+    delays: int = DEFAULTS["delays"]
+    rank: int | str = DEFAULTS["rank"]
+    leading: int = DEFAULTS["leading"]  # eigenvalues of largest modulus that must cluster at 1
+    radius: float = DEFAULTS["radius"]
+    consecutive: int = DEFAULTS["consecutive"]
+    unstable: float = DEFAULTS["unstable"]  # spectral radius above this flags the window
+    patience: int = DEFAULTS["patience"]  # steps without improvement that stop the loss
+    min_delta: float = DEFAULTS["min_delta"]  # relative improvement that counts
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> MonitorOptions:
+        """Options from resolved `monitor` settings (config.validation.settings)."""
+        return cls(**{f.name: settings[f.name] for f in fields(cls)})
 
 
 def check_options(opts: MonitorOptions, label=lambda k: f"option --{k}") -> None:

@@ -32,6 +32,7 @@ import numpy as np
 import xarray as xr
 
 from conjugacy.config import check_predict
+from conjugacy.config.validation import defaults
 from conjugacy.koopman.dmd import EPS, dmd_dense, fixed_point
 from conjugacy.stores.contract import (
     StoreError,
@@ -44,7 +45,6 @@ from conjugacy.stores.contract import (
 
 log = logging.getLogger(__name__)
 
-METHODS = ("node", "global", "fixed_point")
 # Times are CPU seconds of this process (time.process_time): with one BLAS/torch
 # thread they equal wall time on an idle core, and they stay meaningful on a
 # shared, overloaded machine, where wall time mostly measures the other jobs.
@@ -240,13 +240,29 @@ def optimizer_seconds(system: Any, steps: int) -> np.ndarray:
     return out
 
 
+DEFAULTS = defaults("predict")  # the schema's: the one place of every default
+
+
 @dataclass
 class PredictOptions:
-    start: int = 0
-    windows: tuple[int, ...] = (5, 20, 80)
-    jumps: tuple[int, ...] = (10, 50, 200)
-    methods: tuple[str, ...] = METHODS
-    rank: int | str = "full"
+    """The config's `predict` schedule (defaults and meanings in the schema)."""
+
+    start: int = DEFAULTS["start"]
+    windows: tuple[int, ...] = tuple(DEFAULTS["windows"])
+    jumps: tuple[int, ...] = tuple(DEFAULTS["jumps"])
+    methods: tuple[str, ...] = tuple(DEFAULTS["methods"])
+    rank: int | str = DEFAULTS["rank"]
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> PredictOptions:
+        """Options from resolved `predict` settings (config.validation.settings)."""
+        return cls(
+            start=settings["start"],
+            windows=tuple(settings["windows"]),
+            jumps=tuple(settings["jumps"]),
+            methods=tuple(settings["methods"]),
+            rank=settings["rank"],
+        )
 
 
 def _check_store(ds: xr.Dataset, cond: dict[str, Any], path: Path) -> None:
@@ -416,17 +432,6 @@ def table(results: list[xr.Dataset]) -> Any:
                         }
                     )
     return pd.DataFrame(rows)
-
-
-def options_from(pred: dict[str, Any]) -> PredictOptions:
-    """PredictOptions from a resolved config's predict section."""
-    return PredictOptions(
-        start=pred["start"],
-        windows=tuple(pred["windows"]),
-        jumps=tuple(pred["jumps"]),
-        methods=tuple(pred["methods"]),
-        rank=pred["rank"],
-    )
 
 
 # --------------------------------------------------------------------- summary

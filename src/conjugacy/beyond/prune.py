@@ -23,6 +23,7 @@ import xarray as xr
 
 from conjugacy.config import ConfigError
 from conjugacy.config.shapes import tensor_shapes
+from conjugacy.config.validation import defaults
 from conjugacy.koopman.dmd import dmd_dense, fixed_point
 from conjugacy.stores.contract import (
     StoreError,
@@ -44,13 +45,29 @@ PAIRS = (
 PHASES = ("before", "after")
 
 
+DEFAULTS = defaults("prune")  # the schema's: the one place of every default
+
+
 @dataclass
 class PruneOptions:
-    window: tuple[int, int] = (0, 100)  # [start, stop) optimizer steps of the DMD
-    rank: int | str = 10
-    sparsities: list[float] = field(default_factory=lambda: [0.5, 0.8, 0.9, 0.95])
-    finetune_steps: int = 20
-    finetune_lr: float | None = None  # None: the condition's learning rate
+    """How a net is pruned: the config's `prune` settings (defaults from the schema)."""
+
+    window: tuple[int, int] = tuple(DEFAULTS["window"])  # [start, stop) steps of the DMD
+    rank: int | str = DEFAULTS["rank"]
+    sparsities: list[float] = field(default_factory=lambda: list(DEFAULTS["sparsities"]))
+    finetune_steps: int = DEFAULTS["finetune_steps"]
+    finetune_lr: float | None = DEFAULTS["finetune_lr"]  # None: the condition's learning rate
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> PruneOptions:
+        """Options from resolved `prune` settings (config.validation.settings)."""
+        return cls(
+            window=tuple(settings["window"]),
+            rank=settings["rank"],
+            sparsities=list(settings["sparsities"]),
+            finetune_steps=settings["finetune_steps"],
+            finetune_lr=settings["finetune_lr"],
+        )
 
 
 def check_sparsities(sparsities: list[float], label: str = "option --sparsities") -> None:

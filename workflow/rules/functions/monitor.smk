@@ -13,14 +13,7 @@ def monitor_outputs():
     return [f"{RESULTS}/monitor.csv", f"{RESULTS}/figures/monitor.png"]
 
 
-def monitor_args():
-    """The `monitor` section as `conjugacy monitor` options."""
-    if "monitor" not in CONFIG:
-        return ""
-    m = CONFIG["monitor"]
-    keys = ("window", "stride", "delays", "rank", "leading", "radius", "consecutive")
-    args = [f"--{k} {m[k]}" for k in keys]
-    args += [f"--unstable {m['unstable']}", f"--patience {m['patience']}"]
-    args.append(f"--min-delta {m['min_delta']}")
-    args += [f"--observable {shlex.quote(o)}" for o in m["observables"] or []]
-    return " ".join(args)
+def monitor_settings():
+    """The `monitor` section for `conjugacy monitor --settings` (one JSON word)."""
+    section = CONFIG.get("monitor", {})
+    return shell_json({k: v for k, v in section.items() if k != "conditions"})

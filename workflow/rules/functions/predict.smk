@@ -32,27 +32,13 @@ def predict_outputs():
     return [f"{RESULTS}/{n}" for n in names]
 
 
-def predict_args():
-    """The `predict` section's schedule as `conjugacy predict` options."""
-    if "predict" not in CONFIG:
-        return ""
-    p = CONFIG["predict"]
-    args = [f"--start {p['start']}", f"--rank {p['rank']}"]
-    for key in ("windows", "jumps", "methods"):
-        args.append(f"--{key} " + " ".join(str(v) for v in p[key]))
-    return " ".join(args)
+def predict_settings():
+    """The `predict` schedule for `conjugacy predict --settings` (one JSON word)."""
+    section = CONFIG.get("predict", {})
+    own = ("start", "windows", "jumps", "methods", "rank")
+    return shell_json({k: v for k, v in section.items() if k in own})
 
 
-def accelerate_args():
-    """The `predict.accelerate` settings as `conjugacy accelerate` options."""
-    if "predict" not in CONFIG:
-        return ""
-    a = CONFIG["predict"]["accelerate"]
-    args = [
-        f"--{k.replace('_', '-')} {a[k]}"
-        for k in ("steps", "k", "window", "jump", "eval_every")
-    ]
-    args += [f"--optimizer {name}={lr}" for name, lr in a["optimizers"].items()]
-    if not a["guard"]:
-        args.append("--no-guard")
-    return " ".join(args)
+def accelerate_settings():
+    """The `predict.accelerate` settings for `conjugacy accelerate --settings` (one JSON word)."""
+    return shell_json(CONFIG.get("predict", {}).get("accelerate", {}))

@@ -13,17 +13,7 @@ def prune_outputs():
     return [f"{RESULTS}/prune.csv", f"{RESULTS}/figures/prune.png"]
 
 
-def prune_args():
-    """The `prune` section as `conjugacy prune` options."""
-    if "prune" not in CONFIG:
-        return ""
-    p = CONFIG["prune"]
-    args = [
-        f"--window {p['window'][0]}:{p['window'][1]}",
-        f"--rank {p['rank']}",
-        "--sparsities " + ",".join(str(s) for s in p["sparsities"]),
-        f"--finetune-steps {p['finetune_steps']}",
-    ]
-    if p["finetune_lr"] is not None:
-        args.append(f"--finetune-lr {p['finetune_lr']}")
-    return " ".join(args)
+def prune_settings():
+    """The `prune` section for `conjugacy prune --settings` (one JSON word)."""
+    section = CONFIG.get("prune", {})
+    return shell_json({k: v for k, v in section.items() if k != "conditions"})
