@@ -125,7 +125,7 @@ def _pair(text: str) -> tuple[str, ...]:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from conjugacy import config
-    from conjugacy.training.train import train
+    from conjugacy.training.train import train_block
 
     if args.spec is not None:
         cond = _spec(args.spec)
@@ -139,18 +139,25 @@ def cmd_train(args: argparse.Namespace) -> None:
             )
         cond = cfg["conditions"][args.condition]
         experiment = cfg["experiment"]
+    cond = {k: v for k, v in cond.items() if k != "seeds_per_job"}  # how jobs run, not what
+    dirs = args.checkpoint_dir
+    if len(args.output) != len(args.seed) or (dirs and len(dirs) != len(args.seed)):
+        raise ConfigError(
+            f"--seed lists {len(args.seed)} seeds: give as many -o outputs "
+            f"({len(args.output)} given) and --checkpoint-dir folders ({len(dirs or [])} given)"
+        )
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    train(
+    train_block(
         cond,
         args.seed,
         args.output,
         experiment,
         args.condition,
         progress=not args.quiet,
-        checkpoint_dir=args.checkpoint_dir,
+        checkpoint_dirs=dirs,
     )
 
 
@@ -164,37 +171,33 @@ def cmd_koopman(args: argparse.Namespace) -> None:
     given = {**args.settings, **_given(args, {**keys, "observables": "observable"})}
     settings = config_settings("koopman", given, option_label)
     opts = KoopmanOptions.from_settings(settings, readahead=args.readahead)
-    label = {k: getattr(args, k) for k in ("condition", "seed") if getattr(args, k) is not None}
-    spectrum = write_spectrum(
-        args.trajectory,
-        args.output,
-        opts,
-        skip_diverged=args.skip_diverged,
-        max_memory=args.max_memory,
-        label=label,
-    )
-    log.info("wrote %s: %d eigenvalues", args.output, spectrum.sizes["mode"])
+    outs, stores, seeds = args.output, args.trajectory, args.seed or [None] * len(args.output)
+    if not args.each and len(outs) > 1:
+        raise ConfigError(f"{len(outs)} outputs (-o) pool one spectrum: give one, or --each")
+    if len(stores) % len(outs) or len(seeds) != len(outs):
+        raise ConfigError(
+            f"--each: {len(stores)} trajectory stores and {len(seeds)} --seed labels do not "
+            f"split evenly over {len(outs)} outputs (-o)"
+        )
+    per = len(stores) // len(outs)  # consecutive stores pooled into each spectrum
+    for i, (out, seed) in enumerate(zip(outs, seeds, strict=True)):
+        label = {"condition": args.condition, "seed": seed}
+        spectrum = write_spectrum(
+            stores[i * per : (i + 1) * per] if args.each else stores,
+            out,
+            opts,
+            skip_diverged=args.skip_diverged,
+            max_memory=args.max_memory,
+            label={k: v for k, v in label.items() if v is not None},
+        )
+        log.info("wrote %s: %d eigenvalues", out, spectrum.sizes["mode"])
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
-    from conjugacy.config import check_verdict_options, option_label
     from conjugacy.verdict.compare import write_verdicts
 
-    keys = ("alpha", "max_ratio", "permutations", "correction", "bootstrap", "bootstrap_seed")
-    options = {k: getattr(args, k) for k in keys}
-    pairs = {"pairs": args.pair} if args.pair is not None else {}
-    check_verdict_options(options | pairs, option_label)  # before any store is read
-    table = write_verdicts(
-        args.spectra,
-        args.output,
-        args.pair,
-        args.alpha,
-        args.max_ratio,
-        args.permutations,
-        args.correction,
-        bootstrap=args.bootstrap,
-        bootstrap_seed=args.bootstrap_seed,
-    )
+    settings = _verdict_settings(args)
+    table = write_verdicts(args.spectra, args.output, labels_given=args.label, **settings)
     log.info("verdicts:\n%s", table.to_string(index=False))
 
 
@@ -210,7 +213,8 @@ def cmd_summary(args: argparse.Namespace) -> None:
     from conjugacy.report.summary import write_summary
 
     cfg = _spec(args.spec) if args.spec is not None else config.load(args.config)
-    log.info("wrote %s", write_summary(cfg, args.verdicts, args.benchmarks, args.output))
+    out = write_summary(cfg, args.verdicts, args.benchmarks, args.output, args.sensitivity)
+    log.info("wrote %s", out)
 
 
 def cmd_companion(args: argparse.Namespace) -> None:
@@ -254,23 +258,12 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
 
 
 def cmd_windows(args: argparse.Namespace) -> None:
-    from conjugacy.config import check_verdict_options, option_label
     from conjugacy.report.windows import write_window_figures
     from conjugacy.verdict.windows import STORE, write_windows
 
-    keys = ("alpha", "max_ratio", "permutations", "correction", "bootstrap", "bootstrap_seed")
-    options = {k: getattr(args, k) for k in keys}
-    check_verdict_options(options, option_label)  # before any store is read
-    table = write_windows(
-        args.spectra,
-        args.output,
-        args.alpha,
-        args.max_ratio,
-        args.permutations,
-        args.correction,
-        bootstrap=args.bootstrap,
-        bootstrap_seed=args.bootstrap_seed,
-    )
+    settings = _verdict_settings(args)
+    settings.pop("pairs", None)  # windows compare each condition with itself over time
+    table = write_windows(args.spectra, args.output, **settings)
     write_window_figures(args.output / STORE, args.figures or args.output)
     log.info("successive windows:\n%s", table.to_string(index=False))
 
@@ -428,66 +421,83 @@ def _config_source(p: argparse.ArgumentParser, spec_help: str) -> None:
 
 
 def _verdict_options(p: argparse.ArgumentParser, across: str) -> None:
-    """The permutation-test settings of a verdict (config section `compare`).
+    """The verdict settings (config section `compare`): --settings JSON, then these flags.
 
     Defaults and bounds are the schema's; config.check_verdict_options checks them.
     """
-    from conjugacy.config import schema
-
-    props = schema()["properties"]["compare"]["properties"]
-    default = {k: v["default"] for k, v in props.items() if "default" in v}
-    p.add_argument(
-        "--alpha",
-        type=float,
-        default=default["alpha"],
-        help=f"significance level (default {default['alpha']})",
-    )
+    d = defaults("compare")
+    _settings_option(p, "compare")
+    p.add_argument("--alpha", type=float, help=f"significance level (default {d['alpha']})")
     p.add_argument(
         "--max-ratio",
         type=float,
-        default=default["max_ratio"],
-        help=f"equivalence margin on W between / W within (default {default['max_ratio']})",
+        help=f"equivalence margin on W between / W within (default {d['max_ratio']})",
     )
     p.add_argument(
         "--permutations",
         type=int,
-        default=default["permutations"],
-        help=f"random label permutations (default {default['permutations']})",
+        help=f"random label permutations (default {d['permutations']})",
     )
     p.add_argument(
         "--correction",
-        default=default["correction"],
-        help=f"multiple-comparison correction of the p-values across {across}: one of "
-        f"{', '.join(props['correction']['enum'])} (default {default['correction']})",
+        help=f"multiple-comparison correction of the p-values across {across} "
+        f"(default {d['correction']})",
     )
     p.add_argument(
         "--bootstrap",
         type=int,
-        default=default["bootstrap"],
         help="cluster-bootstrap resamples of the seeds for the interval of the ratio "
-        f"(default {default['bootstrap']})",
+        f"(default {d['bootstrap']})",
     )
     p.add_argument(
         "--bootstrap-seed",
         type=int,
-        default=default["bootstrap_seed"],
-        help=f"seed of the bootstrap draws (default {default['bootstrap_seed']})",
+        help=f"seed of the bootstrap draws (default {d['bootstrap_seed']})",
     )
 
 
+def _verdict_settings(args: argparse.Namespace) -> dict:
+    """The verdict settings given: --settings, overridden by the flags typed; checked."""
+    from conjugacy.config import check_verdict_options
+
+    keys = ("alpha", "max_ratio", "permutations", "correction", "bootstrap", "bootstrap_seed")
+    given = {**args.settings, **_given(args, {k: k for k in keys})}
+    if getattr(args, "pair", None) is not None:
+        given["pairs"] = [list(pair) for pair in args.pair]
+    check_verdict_options(given, option_label)  # before any store is read
+    return given
+
+
 def _add_train(sub) -> None:
-    t = sub.add_parser("train", help="train one (condition, seed) and record its trajectory")
+    t = sub.add_parser(
+        "train", help="train one (condition, seed), or a block of seeds, and record trajectories"
+    )
     _config_source(t, "resolved condition config as JSON (what the workflow passes)")
     t.add_argument("--condition", required=True, help="condition name")
-    t.add_argument("--seed", type=_seed, required=True)
+    t.add_argument(
+        "--seed",
+        type=_seed,
+        nargs="+",
+        required=True,
+        help="seed(s): several are trained one after another in this process",
+    )
     t.add_argument("--experiment", help="experiment name recorded with --spec")
-    t.add_argument("-o", "--output", type=Path, required=True, help="trajectory store to write")
+    t.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="trajectory store(s) to write, one per --seed",
+    )
     t.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument(
         "--checkpoint-dir",
         type=Path,
-        help="where the store is built and checkpoints kept (default: OUTPUT.partial)",
+        nargs="+",
+        help="where each store is built and checkpoints kept, one per --seed "
+        "(default: OUTPUT.partial)",
     )
     t.set_defaults(func=cmd_train)
 
@@ -517,11 +527,26 @@ def _add_koopman(sub) -> None:
         "trajectory",
         type=Path,
         nargs="+",
-        help="trajectory store(s); several are pooled as the inits of one DMD",
+        help="trajectory store(s); several are pooled as the inits of one DMD (see --each)",
     )
-    k.add_argument("-o", "--output", type=Path, required=True, help="spectrum store to write")
+    k.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="spectrum store to write (several with --each)",
+    )
+    k.add_argument(
+        "--each",
+        action="store_true",
+        help="one spectrum per output, one after another in this process: the stores are "
+        "split into as many equal consecutive groups as outputs (each group pooled)",
+    )
     k.add_argument("--condition", type=_name, help="label the spectrum with this condition")
-    k.add_argument("--seed", type=_seed, help="label the spectrum with this seed")
+    k.add_argument(
+        "--seed", type=_seed, nargs="+", help="label the spectrum with this seed (one per output)"
+    )
     _settings_option(k, "koopman")
     k.add_argument(
         "--observable", action="extend", nargs="+", help="recorded tensors to use (default: all)"
@@ -575,9 +600,21 @@ def _add_koopman(sub) -> None:
 
 def _add_compare(sub) -> None:
     c = sub.add_parser("compare", help="W between spectra and conjugacy verdicts")
-    c.add_argument("spectra", nargs="+", type=Path)
+    c.add_argument(
+        "spectra",
+        nargs="+",
+        type=Path,
+        help="spectrum stores (<condition>/seed<N>.zarr) or eigenvalue files (.npy, or .csv "
+        "with columns real and imag)",
+    )
     c.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     c.add_argument("--pair", type=_pair, action="append", help="A:B condition pair (repeat)")
+    c.add_argument(
+        "--label",
+        type=_name,
+        action="append",
+        help="condition of each .npy/.csv input, in order (default: its folder's name)",
+    )
     _verdict_options(c, "the pairs")
     c.set_defaults(func=cmd_compare)
 
@@ -599,6 +636,11 @@ def _add_summary(sub) -> None:
         "--benchmarks", type=Path, required=True, help="folder of the jobs' benchmark TSVs"
     )
     s.add_argument("-o", "--output", type=Path, required=True, help="markdown file to write")
+    s.add_argument(
+        "--sensitivity",
+        type=Path,
+        help="the sensitivity stage's sensitivity.csv: say whether each verdict is stable",
+    )
     s.set_defaults(func=cmd_summary)
 
 
@@ -739,6 +781,103 @@ def _add_verify(sub) -> None:
     v.set_defaults(func=cmd_verify)
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> None:
+    from conjugacy.beyond.sensitivity import write_sensitivity
+    from conjugacy.koopman.memory import share_one_arena
+    from conjugacy.koopman.spectrum import KoopmanOptions
+
+    share_one_arena()  # read-ahead threads reuse the same freed blocks
+    given = {**args.settings, **_given(args, {"delays": "delays", "ranks": "ranks"})}
+    grid = config_settings("sensitivity", given, option_label)
+    for key in ("delays", "ranks"):
+        if key not in grid:
+            raise ConfigError(f"option --{key}: the grid needs it (or --settings with {key!r})")
+    koopman = config_settings(
+        "koopman", args.koopman, lambda key: f"option --koopman key {key or '<top level>'}"
+    )
+    opts = KoopmanOptions.from_settings({**koopman, "modes": False}, readahead=args.readahead)
+    label = {k: getattr(args, k) for k in ("condition", "seed") if getattr(args, k) is not None}
+    write_sensitivity(
+        args.trajectory,
+        args.output,
+        opts,
+        grid["delays"],
+        grid["ranks"],
+        skip_diverged=args.skip_diverged,
+        max_memory=args.max_memory,
+        label=label,
+    )
+    log.info("wrote %s: delays %s x ranks %s", args.output, grid["delays"], grid["ranks"])
+
+
+def cmd_sensitivity_report(args: argparse.Namespace) -> None:
+    from conjugacy.beyond.sensitivity import report
+    from conjugacy.config import check_verdict_options
+
+    given = {**args.settings, **({"pairs": args.pair} if args.pair is not None else {})}
+    settings = config_settings("compare", given, option_label)
+    check_verdict_options(settings, option_label)  # before any store is read
+    table = report(args.stores, args.output, args.figure, settings)
+    shown = ["delays", "rank", "condition_a", "condition_b", "ratio", "verdict"]
+    log.info("sensitivity:\n%s", table[shown].to_string(index=False))
+
+
+def _add_sensitivity(sub) -> None:
+    se = sub.add_parser(
+        "sensitivity", help="Koopman eigenvalues at every (delays, rank) of a grid, one pass"
+    )
+    se.add_argument(
+        "trajectory",
+        type=Path,
+        nargs="+",
+        help="trajectory store(s); several are pooled as the inits of one DMD",
+    )
+    se.add_argument("-o", "--output", type=Path, required=True, help="grid store to write")
+    se.add_argument("--condition", type=_name, help="label the store with this condition")
+    se.add_argument("--seed", type=_seed, help="label the store with this seed")
+    _settings_option(se, "sensitivity")
+    se.add_argument(
+        "--koopman",
+        type=_spec,
+        default={},
+        help="the condition's `koopman` settings as JSON (the grid replaces delays and rank); "
+        "schema defaults fill the rest",
+    )
+    se.add_argument("--delays", type=_nonneg, nargs="+", help="time delays of the grid")
+    se.add_argument(
+        "--ranks", type=_rank, nargs="+", help="ranks of the grid: integers, full, gd, 0.99"
+    )
+    se.add_argument(
+        "--readahead",
+        type=_nonneg,
+        default=DEPTH,
+        help=f"blocks read ahead in threads while computing (0: none; default {DEPTH})",
+    )
+    se.add_argument(
+        "--max-memory",
+        type=_bytes,
+        help="stop before reading when the grid would need more (default: the machine's memory)",
+    )
+    se.add_argument(
+        "--skip-diverged",
+        action="store_true",
+        help="for a diverged trajectory, write an 'excluded' store instead of failing",
+    )
+    se.set_defaults(func=cmd_sensitivity)
+
+
+def _add_sensitivity_report(sub) -> None:
+    sr = sub.add_parser(
+        "sensitivity-report", help="verdicts at every grid point: sensitivity.csv and heatmap"
+    )
+    sr.add_argument("stores", nargs="+", type=Path, help="grid stores of `conjugacy sensitivity`")
+    sr.add_argument("-o", "--output", type=Path, required=True, help="CSV table to write")
+    sr.add_argument("--figure", type=Path, required=True, help="PNG heatmap to write")
+    _settings_option(sr, "compare")
+    sr.add_argument("--pair", type=_pair, action="append", help="A:B condition pair (repeat)")
+    sr.set_defaults(func=cmd_sensitivity_report)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="conjugacy", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -759,6 +898,8 @@ def parser() -> argparse.ArgumentParser:
         _add_monitor,
         _add_monitor_report,
         _add_verify,
+        _add_sensitivity,
+        _add_sensitivity_report,
     ):
         add(sub)
     return p

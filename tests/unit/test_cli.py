@@ -232,7 +232,7 @@ def test_compare_writes_distances_and_verdicts(tmp_path):
     base_b = np.array([0.2, -0.4 + 0.1j, -0.4 - 0.1j])
     paths, eigs = [], {}
     for cond, centre in (("slow", base_a), ("fast", base_b)):
-        for seed in range(4):
+        for seed in range(5):
             eig = centre + 0.01 * rng.normal(size=3)
             # half the stores carry attributes, half are labelled by their path
             p = tmp_path / "spectra" / cond / f"seed{seed}.zarr"
@@ -277,7 +277,7 @@ def test_compare_conjugate_conditions(tmp_path):
     centre = np.array([0.9, 0.5 + 0.3j, 0.5 - 0.3j])
     paths = []
     for cond in ("a", "b"):
-        for seed in range(4):
+        for seed in range(5):
             p = tmp_path / cond / f"seed{seed}.zarr"
             spectrum(p, centre + 0.05 * rng.normal(size=3), cond, seed)
             paths.append(str(p))

@@ -124,40 +124,17 @@ def final_outputs():
         *prune_outputs(),
         *monitor_outputs(),
         *predict_outputs(),
+        *sensitivity_outputs(),
     ]
-
-
-def windows_args():
-    """The compare settings (alpha, margin, permutations, correction, bootstrap) for windows."""
-    c = CONFIG["compare"]
-    return (
-        f"--alpha {c['alpha']} --max-ratio {c['max_ratio']}"
-        f" --permutations {c['permutations']} --correction {c.get('correction', 'holm')}"
-        f" --bootstrap {c['bootstrap']} --bootstrap-seed {c['bootstrap_seed']}"
-    )
-
-
-def compare_args():
-    c = CONFIG["compare"]
-    args = [
-        f"--pair {shlex.quote(a)}:{shlex.quote(b)}" for a, b in condition_pairs(CONFIG)
-    ]
-    args += [
-        f"--alpha {c['alpha']}",
-        f"--max-ratio {c['max_ratio']}",
-        f"--permutations {c['permutations']}",
-        f"--correction {c['correction']}",
-        f"--bootstrap {c['bootstrap']}",
-        f"--bootstrap-seed {c['bootstrap_seed']}",
-    ]
-    return " ".join(args)
 
 
 # Each stage's input functions and settings, before the rules that use them.
 include: "functions/train.smk"
+include: "functions/compare.smk"
 include: "functions/koopman.smk"
 include: "functions/windows.smk"
 include: "functions/companion.smk"
 include: "functions/prune.smk"
 include: "functions/monitor.smk"
 include: "functions/predict.smk"
+include: "functions/sensitivity.smk"

@@ -18,8 +18,9 @@ rule compare:
         ENV
     threads: 1
     params:
-        options=compare_args(),
+        settings=compare_settings(),
         outdir=lambda wildcards, output: Path(output.table).parent,
         code=stage_code("compare"),
     shell:
-        CONJUGACY + " compare {input} -o {params.outdir} {params.options} 2> {log}"
+        CONJUGACY
+        + " compare {input} -o {params.outdir} --settings {params.settings} 2> {log}"

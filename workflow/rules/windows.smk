@@ -63,10 +63,10 @@ rule windows:
         ENV
     threads: 1
     params:
-        options=windows_args(),
+        settings=windows_settings(),
         outdir=lambda wildcards, output: Path(output.successive).parent,
         figures=lambda wildcards, output: Path(output.heatmap).parent,
         code=stage_code("windows"),
     shell:
         CONJUGACY + " windows {input} -o {params.outdir} --figures {params.figures}"
-        " {params.options} 2> {log}"
+        " --settings {params.settings} 2> {log}"

@@ -103,6 +103,35 @@ def check_monitor_section(cfg: dict[str, Any]) -> None:
         )
 
 
+def check_sensitivity_section(cfg: dict[str, Any]) -> None:
+    """Every delay of the `sensitivity` grid fits every compared condition's recorded window.
+
+    An integer rank above a grid point's problem size is no error: the DMD caps
+    it at the numerical rank, as it caps every rank. Your own stores (system
+    external) are checked by the stage, before it reads them.
+    """
+    grid = cfg["sensitivity"]
+    for name in dict.fromkeys(c for pair in condition_pairs(cfg) for c in pair):
+        cond = cfg["conditions"][name]
+        if cond["system"] == "external":
+            continue
+        shapes = tensor_shapes(cond)
+        if "record" in cond:
+            shapes = {t: shapes[t] for t in cond["record"]}
+        for delays in grid["delays"]:
+            check_koopman(
+                {**cond["koopman"], "delays": delays, "rank": "full"},
+                shapes,
+                recorded_snapshots(cond),
+                cond_inits(cond),
+                label=lambda k, name=name: (
+                    f"config key sensitivity.delays ({name})"
+                    if k == "delays"
+                    else f"config key conditions.{name}.koopman.{k}"
+                ),
+            )
+
+
 def check_predict_section(cfg: dict[str, Any]) -> None:
     """The predict section names net conditions that record what the jumps need."""
     pred = cfg["predict"]

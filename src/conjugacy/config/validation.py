@@ -297,6 +297,7 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "compare": ("properties", "compare"),
     "prune": ("properties", "prune"),
     "monitor": ("properties", "monitor"),
+    "sensitivity": ("properties", "sensitivity"),
     "predict": ("properties", "predict"),
     "accelerate": ("properties", "predict", "properties", "accelerate"),
 }

@@ -148,7 +148,22 @@ def plot_distances(distances: xr.Dataset, out: Path) -> None:
 
 
 def _fmt_p(value: float) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3g}"
+    """3 significant digits; inf as inf (a ratio with W within 0), n/a for no value."""
+    return "n/a" if value is None or math.isnan(value) else f"{value:.3g}"
+
+
+def _finite_or_inf(value) -> bool:
+    return isinstance(value, int | float | np.number) and not math.isnan(value)
+
+
+def interval_text(row: dict) -> str | None:
+    """'90% CI [0.91, 1.3]' of the ratio; None when the table has no interval for the pair."""
+    low, high = row.get("ratio_low"), row.get("ratio_high")
+    if not (_finite_or_inf(low) and _finite_or_inf(high)):
+        return None
+    level = row.get("ratio_level")
+    name = f"{level:.0%} CI" if _finite_or_inf(level) and 0 < level < 1 else "CI"
+    return f"{name} [{_fmt_p(low)}, {_fmt_p(high)}]"
 
 
 def annotation(row: dict) -> str:
@@ -159,13 +174,36 @@ def annotation(row: dict) -> str:
     if correction != "none":
         lines.append(f"p ({correction}) = {_fmt_p(row.get('p_corrected', nan))}")
     lines.append(f"ratio = {_fmt_p(row.get('ratio', nan))}")
+    interval = interval_text(row)
+    if interval is not None:
+        lines.append(f"  {interval}")
     if math.isfinite(row.get("mw_p", nan)):
         lines.append(f"Mann-Whitney p = {_fmt_p(row['mw_p'])}")
     return "\n".join(lines)
 
 
+def ratio_bar(row: dict) -> tuple[float, float, float, float] | None:
+    """(within mean, between mean, low, high) of the interval drawn on the between column.
+
+    The ratio interval on the W scale: low and high are the pooled W within
+    mean times the interval's ends, around the between mean (within mean
+    times the ratio). None when the table lacks any of them, or has no interval.
+    """
+    within, between = row.get("w_within_mean"), row.get("w_between_mean")
+    low, high = row.get("ratio_low"), row.get("ratio_high")
+    values = (within, between, low, high)
+    if not all(_finite_or_inf(v) for v in values) or not math.isfinite(within):
+        return None
+    return within, between, within * low, within * high
+
+
 def plot_w_distributions(distances: xr.Dataset, verdicts: pd.DataFrame, out: Path) -> None:
-    """Within-condition vs between-condition W for every tested pair, with the test result."""
+    """Within-condition vs between-condition W for every tested pair, with the test result.
+
+    Beside the between column, an error bar shows the bootstrap interval of
+    the ratio on the W scale (pooled W within mean times its ends, the dotted
+    line being that within mean): the between mean the interval allows.
+    """
     n = max(len(verdicts), 1)
     fig, axes = panels(n, size=3.8)
     w = distances["w"]
@@ -204,8 +242,28 @@ def plot_w_distributions(distances: xr.Dataset, verdicts: pd.DataFrame, out: Pat
         )
         ax.set_ylabel("W (Wasserstein-1 between spectra)")
         top = max((float(d.max()) for d in data if d.size), default=0.0)
+        bar = ratio_bar(row)
+        if bar is not None and math.isfinite(bar[3]):
+            top = max(top, bar[3])
         # Headroom above the data for the test result, so it hides no point.
         ax.set_ylim(0, 1.45 * top if top > 0 else 1.0)
+        if bar is not None:
+            within, between, low, high = bar
+            high = min(high, ax.get_ylim()[1])  # an infinite end runs to the top
+            ax.axhline(within, color="0.45", lw=0.8, ls=":", zorder=2, label="mean W within")
+            ax.errorbar(
+                [3.38],
+                [between],
+                yerr=[[max(between - low, 0.0)], [max(high - between, 0.0)]],
+                fmt="D",
+                ms=3.5,
+                color="k",
+                capsize=3,
+                lw=1.2,
+                zorder=4,
+                label="CI × mean W within",
+            )
+            ax.legend(loc="upper right", fontsize=6, frameon=True, framealpha=0.9)
         ax.set_title(f"{a} vs {b}: {row['verdict']}", fontweight="bold")
         ax.text(
             0.02,

@@ -272,7 +272,22 @@ def external_section(cfg: dict[str, Any]) -> str:
     return "\n".join(["## Your own runs", "", markdown_table(header, rows), "", ""])
 
 
-def render(cfg: dict[str, Any], verdicts: pd.DataFrame, bench: pd.DataFrame) -> str:
+def sensitivity_section(table: pd.DataFrame | None) -> str:
+    """When the sensitivity stage ran: is each pair's verdict the same across its grid?"""
+    if table is None:
+        return ""
+    from conjugacy.report.sensitivity import stability_section
+
+    body = stability_section(table)
+    return "\n".join(["## Sensitivity to the Koopman settings", "", body, "", ""])
+
+
+def render(
+    cfg: dict[str, Any],
+    verdicts: pd.DataFrame,
+    bench: pd.DataFrame,
+    sensitivity: pd.DataFrame | None = None,
+) -> str:
     """The whole summary.md."""
     name = cfg.get("experiment", "?")
     return "\n".join(
@@ -283,7 +298,7 @@ def render(cfg: dict[str, Any], verdicts: pd.DataFrame, bench: pd.DataFrame) -> 
             "",
             verdict_section(verdicts),
             "",
-            "## Settings",
+            sensitivity_section(sensitivity) + "## Settings",
             "",
             settings_section(cfg),
             "",
@@ -296,16 +311,26 @@ def render(cfg: dict[str, Any], verdicts: pd.DataFrame, bench: pd.DataFrame) -> 
 
 
 def write_summary(
-    cfg: dict[str, Any], verdicts: str | Path, benchmarks: str | Path, output: str | Path
+    cfg: dict[str, Any],
+    verdicts: str | Path,
+    benchmarks: str | Path,
+    output: str | Path,
+    sensitivity: str | Path | None = None,
 ) -> Path:
-    """Write summary.md from the resolved config, conjugacy.csv and the benchmarks folder."""
+    """Write summary.md from the resolved config, conjugacy.csv and the benchmarks folder
+    (and sensitivity.csv, when given)."""
     if "conditions" not in cfg:
         raise StoreError("the config given to summary has no 'conditions' (not a resolved config)")
     table = pd.read_csv(verdicts)
     missing = {"condition_a", "condition_b", "verdict"} - set(table.columns)
     if missing:
         raise StoreError(f"verdict table {verdicts} lacks the columns {sorted(missing)}")
-    text = render(cfg, table, read_benchmarks(benchmarks))
+    grid = None
+    if sensitivity is not None:
+        from conjugacy.report.sensitivity import read_table
+
+        grid = read_table(sensitivity)
+    text = render(cfg, table, read_benchmarks(benchmarks), grid)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")

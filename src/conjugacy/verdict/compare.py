@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from conjugacy.config import check_verdict_options
+from conjugacy.config import ConfigError, check_verdict_options
+from conjugacy.config.validation import defaults
 from conjugacy.stores.contract import StoreError, claim_output, open_spectrum, read, write_dataset
 from conjugacy.verdict.distance import pairwise
 from conjugacy.verdict.stats import corrected, verdict
+
+log = logging.getLogger(__name__)
+DEFAULTS = defaults("compare")  # the schema's: the one place of every default
 
 VERDICT_COLUMNS = [
     "condition_a",
@@ -35,12 +41,30 @@ VERDICT_COLUMNS = [
     "p_min_corrected",
     "mw_u",
     "mw_p",
+    # The cluster-bootstrap interval of the ratio (level 1 - 2 alpha) the verdict reads.
+    "ratio_low",
+    "ratio_high",
+    "ratio_level",
 ]
 
 
+SEED_FILE = re.compile(r"seed(\d+)(\.zarr|\.npy|\.csv)")
+EIGENVALUE_FILES = (".npy", ".csv")
+
+
+def layout_label(path: Path) -> tuple[str, int] | None:
+    """(condition, seed) from the layout <condition>/seed<N>.zarr (or .npy, .csv), if it is one."""
+    match = SEED_FILE.fullmatch(path.name)
+    return (path.parent.name, int(match.group(1))) if match else None
+
+
 def label(path: Path, ds: xr.Dataset) -> tuple[str, int]:
-    """(condition, seed) of a spectrum: its attributes, else its path (<condition>/seed<N>.zarr)."""
-    if "condition" in ds.attrs and "seed" in ds.attrs and ds.attrs["condition"]:
+    """(condition, seed) of a spectrum store: its path (<condition>/seed<N>.zarr), else its
+    attributes (`conjugacy koopman --condition --seed` sets them)."""
+    found = layout_label(path)
+    if found is not None:
+        return found
+    if ds.attrs.get("condition") and "seed" in ds.attrs:
         seed = ds.attrs["seed"]
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise StoreError(
@@ -48,32 +72,71 @@ def label(path: Path, ds: xr.Dataset) -> tuple[str, int]:
                 "expected an integer >= 0"
             )
         return str(ds.attrs["condition"]), seed
-    match = re.fullmatch(r"seed(\d+)\.zarr", path.name)
-    if not match:
+    raise StoreError(
+        f"spectrum store {path} is not named seed<N>.zarr inside a folder named after its "
+        "condition, and has no condition/seed attributes"
+    )
+
+
+def read_eigenvalue_file(path: Path) -> np.ndarray:
+    """Eigenvalues from a .npy file (complex or real, 1-D; never unpickled) or a .csv file
+    (columns `real` and `imag`, or one column of numbers such as 0.9+0.1j)."""
+    try:
+        if path.suffix == ".npy":
+            values = np.load(path, allow_pickle=False)
+        else:
+            table = pd.read_csv(path)
+            if {"real", "imag"} <= set(table.columns):
+                values = table["real"].to_numpy(float) + 1j * table["imag"].to_numpy(float)
+            else:
+                values = table.iloc[:, 0].astype(str).map(complex).to_numpy()
+        values = np.asarray(values, dtype=np.complex128)
+    except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+        raise StoreError(f"eigenvalue file {path} cannot be read ({exc})") from None
+    if values.ndim != 1:
         raise StoreError(
-            f"spectrum store {path} has no condition/seed attributes and its name is not "
-            "seed<N>.zarr inside a folder named after its condition"
+            f"eigenvalue file {path}: expected one eigenvalue per row, got {values.shape}"
         )
-    return path.parent.name, int(match.group(1))
+    return values
 
 
 def load_spectra(
-    paths: list[str | Path],
+    paths: list[str | Path], labels_given: list[str] | None = None
 ) -> tuple[list[tuple[str, int]], list[np.ndarray], dict[tuple[str, int], str]]:
-    """(labels, eigenvalues) of the usable spectra, and why each excluded one was left out."""
+    """(labels, eigenvalues) of the usable spectra, and why each excluded one was left out.
+
+    Inputs are spectrum stores or eigenvalue files (.npy, .csv): a file's
+    condition is the next of `labels_given` (in order), else its folder's
+    name; its seed comes from seed<N> in its name, else its position.
+    """
     labels, spectra, excluded = [], [], {}
+    given = list(labels_given or [])
+    files = [Path(p) for p in paths if Path(p).suffix in EIGENVALUE_FILES]
+    if given and len(given) != len(files):
+        raise ConfigError(
+            f"option --label: {len(given)} labels for {len(files)} eigenvalue files; "
+            "expected one per .npy/.csv input, in order"
+        )
     for p in map(Path, paths):
-        ds = open_spectrum(p)
-        key = label(p, ds)
+        if p.suffix in EIGENVALUE_FILES:
+            condition = given.pop(0) if given else p.parent.name
+            found = layout_label(p)
+            seed = found[1] if found else sum(1 for c, _ in labels if c == condition)
+            key, values = (condition, seed), read_eigenvalue_file(p)
+        else:
+            ds = open_spectrum(p)
+            key = label(p, ds)
+            if ds.attrs.get("status") == "excluded":
+                if key in labels or key in excluded:
+                    raise StoreError(f"spectrum {p} repeats condition {key[0]!r} seed {key[1]}")
+                excluded[key] = str(ds.attrs.get("excluded", "excluded"))
+                continue
+            values = read(ds, "eigenvalues", (slice(None),))
         if key in labels or key in excluded:
-            raise StoreError(f"spectrum store {p} repeats condition {key[0]!r} seed {key[1]}")
-        if ds.attrs.get("status") == "excluded":
-            excluded[key] = str(ds.attrs.get("excluded", "excluded"))
-            continue
-        values = read(ds, "eigenvalues", (slice(None),))
+            raise StoreError(f"spectrum {p} repeats condition {key[0]!r} seed {key[1]}")
         if values.size == 0 or not np.isfinite(values).all():
             what = "no eigenvalues" if values.size == 0 else "eigenvalues that are not finite"
-            raise StoreError(f"spectrum store {p} has {what}: rerun its Koopman stage")
+            raise StoreError(f"spectrum {p} has {what}: rerun its Koopman stage")
         labels.append(key)
         spectra.append(values)
     return labels, spectra, excluded
@@ -105,13 +168,19 @@ def verdict_table(
     labels: list[tuple[str, int]],
     w: np.ndarray,
     pairs: list[tuple[str, str]],
-    alpha: float,
-    max_ratio: float,
-    permutations: int,
+    alpha: float = DEFAULTS["alpha"],
+    max_ratio: float = DEFAULTS["max_ratio"],
+    permutations: int = DEFAULTS["permutations"],
     excluded: dict[tuple[str, int], str] | None = None,
-    correction: str = "holm",
+    correction: str = DEFAULTS["correction"],
+    bootstrap: int = DEFAULTS["bootstrap"],
+    bootstrap_seed: int = DEFAULTS["bootstrap_seed"],
 ) -> pd.DataFrame:
-    """One verdict per pair, p corrected across the pairs; diverged runs are named in `excluded`."""
+    """One verdict per pair, p corrected across the pairs; diverged runs are named in `excluded`.
+
+    Every pair's bootstrap starts from `bootstrap_seed`: its interval does not
+    depend on which other pairs are tested.
+    """
     results, left_outs = [], []
     excluded = excluded or {}
     present = {c for c, _ in labels} | {c for c, _ in excluded}
@@ -122,7 +191,10 @@ def verdict_table(
         ia = [i for i, (c, _) in enumerate(labels) if c == a]
         ib = [i for i, (c, _) in enumerate(labels) if c == b]
         idx = np.array(ia + ib, dtype=int)
-        results.append(verdict(w[np.ix_(idx, idx)], len(ia), alpha, max_ratio, permutations))
+        sub = w[np.ix_(idx, idx)]
+        results.append(
+            verdict(sub, len(ia), alpha, max_ratio, permutations, bootstrap, bootstrap_seed)
+        )
         left_outs.append(
             "; ".join(
                 f"{c}/seed{s}: {why}" for (c, s), why in sorted(excluded.items()) if c in (a, b)
@@ -141,17 +213,19 @@ def write_verdicts(
     spectra: list[str | Path],
     outdir: str | Path,
     pairs: list[tuple[str, str]] | None = None,
-    alpha: float = 0.05,
-    max_ratio: float = 1.5,
-    permutations: int = 9999,
-    correction: str = "holm",
+    labels_given: list[str] | None = None,
+    **options: Any,
 ) -> pd.DataFrame:
-    """Write distances.zarr, distances.csv and conjugacy.csv under outdir."""
-    options = {"alpha": alpha, "max_ratio": max_ratio, "permutations": permutations}
-    options |= {"correction": correction} | ({} if pairs is None else {"pairs": pairs})
-    check_verdict_options(options, lambda k: f"compare.{k}")
+    """Write distances.zarr, distances.csv and conjugacy.csv under outdir.
+
+    `options`: the config's `compare` settings (alpha, max_ratio, permutations,
+    correction, bootstrap, bootstrap_seed); the schema's defaults fill the rest.
+    """
+    given = options | ({} if pairs is None else {"pairs": pairs})
+    check_verdict_options(given, lambda k: f"compare.{k}")
+    opts = {k: v for k, v in {**DEFAULTS, **options}.items() if k != "pairs"}
     claim_output(Path(outdir) / "distances.zarr", "distances", inputs=spectra)
-    labels, values, excluded = load_spectra(spectra)
+    labels, values, excluded = load_spectra(spectra, labels_given)
     if pairs is not None:  # every condition of a pair has spectra, before W is computed
         present = [c for c, _ in [*labels, *excluded]]
         check_verdict_options(
@@ -160,10 +234,13 @@ def write_verdicts(
     if pairs is None:
         conds = list(dict.fromkeys(c for c, _ in [*labels, *excluded]))
         pairs = [(a, b) for i, a in enumerate(conds) for b in conds[i + 1 :]]
+        if not pairs:
+            log.warning(
+                "nothing to compare: the spectra hold one condition (%s); a verdict needs two",
+                ", ".join(conds) or "none",
+            )
     w = pairwise(values)
-    table = verdict_table(
-        labels, w, pairs, alpha, max_ratio, permutations, excluded, correction=correction
-    )
+    table = verdict_table(labels, w, pairs, excluded=excluded, **opts)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     write_dataset(distances_dataset(labels, w), outdir / "distances.zarr", role="distances")

@@ -1,4 +1,14 @@
-"""The conjugacy verdict: is the between-condition W larger than the seed-to-seed W?
+"""The conjugacy verdict: is the between-condition W within a margin of the seed-to-seed W?
+
+The effect is the ratio mean(W between) / mean(W within). Its confidence
+interval comes from a cluster bootstrap over seeds (`bootstrap_ratio`): the
+seeds of each condition are resampled with replacement and both means are
+recomputed from the W matrix, so the seed, not the distance, is the unit of
+replication. The verdict is an equivalence test, two one-sided tests (TOST)
+on log(ratio) against log(max_ratio): "conjugate" when the (1 - 2 alpha)
+interval lies at or below the margin, "not conjugate" when it lies above the
+margin and the permutation test rejects after the correction, "inconclusive"
+otherwise (`decide`).
 
 Distances between spectra are not independent observations, so the test
 permutes seed labels: the spectra of conditions A and B are pooled and
@@ -17,11 +27,15 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 
 import numpy as np
 from scipy.stats import mannwhitneyu
 
 CORRECTIONS = ("holm", "bonferroni", "none")
+# Seeds per condition the ratio's interval needs: with 2, one within distance per condition
+# and a bootstrap distribution of a few points (a 90% interval then covers far too little).
+MIN_INTERVAL_SEEDS = 3
 
 
 @dataclass
@@ -41,6 +55,9 @@ class Verdict:
     p_min_corrected: float = float("nan")  # p_min, corrected as p_value would be
     mw_u: float = float("nan")  # Mann-Whitney U of between vs within W
     mw_p: float = float("nan")  # its one-sided p (between > within)
+    ratio_low: float = float("nan")  # cluster-bootstrap interval of the ratio, lower end
+    ratio_high: float = float("nan")  # upper end
+    ratio_level: float = float("nan")  # its coverage, 1 - 2 alpha
 
 
 def _split_stat(w: np.ndarray, in_a: np.ndarray) -> float:
@@ -126,21 +143,27 @@ def adjust(p: list[float] | np.ndarray, correction: str) -> np.ndarray:
     return out
 
 
-def decide(p: float, p_min: float, ratio: float, alpha: float, max_ratio: float) -> str:
-    """Conjugate when W between is comparable to W within; not when clearly above.
+def decide(p: float, low: float, high: float, alpha: float, max_ratio: float) -> str:
+    """The verdict of two one-sided tests (TOST) on log(ratio) against log(max_ratio).
 
-    "Clearly above" needs both a significant test (p < alpha) and a relevant
-    size (ratio of means > max_ratio, an equivalence margin), since with many
-    seeds a tiny systematic difference becomes significant. "Comparable"
-    needs no significant difference, a ratio within the margin, and a test
-    that could have rejected (smallest attainable p < alpha). Anything else
-    (significant but small, large but not significant, too few seeds) is
-    inconclusive. With a correction, p and p_min are the corrected values.
+    [low, high] is the (1 - 2 alpha) bootstrap interval of the ratio, so
+    `high <= max_ratio` rejects "ratio > max_ratio" at level alpha (one-sided)
+    and `low > max_ratio` rejects "ratio <= max_ratio". "conjugate": the
+    interval lies at or below the margin (an equivalence shown, even when a
+    small difference is significant). "not conjugate": the interval lies above
+    the margin and the permutation test rejects (p < alpha; p corrected across
+    the pairs when there is a correction). Anything else (an interval across
+    the margin, a large ratio the permutation test cannot confirm, no interval)
+    is "inconclusive". The log does not move the decision (the percentile
+    interval of log(ratio) is the log of the ratio's), it is the scale on
+    which the interval is read: symmetric for ratios r and 1/r.
     """
-    if p < alpha and ratio > max_ratio:
-        return "not conjugate"
-    if p >= alpha and ratio <= max_ratio and p_min < alpha:
+    if math.isnan(low) or math.isnan(high):
+        return "inconclusive"
+    if high <= max_ratio:
         return "conjugate"
+    if low > max_ratio and p < alpha:
+        return "not conjugate"
     return "inconclusive"
 
 
@@ -151,10 +174,130 @@ def ratio_of_means(between: float, within: float) -> float:
     return between / within
 
 
+def _ratios(between: np.ndarray, within: np.ndarray) -> np.ndarray:
+    """ratio_of_means, elementwise."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = between / within
+    zero = within == 0
+    out[zero] = np.where(between[zero] == 0, 1.0, math.inf)
+    return out
+
+
+def bootstrap_ratios(
+    w: np.ndarray, n_a: int, resamples: int = 2000, seed: int = 0, paired: bool = False
+) -> np.ndarray:
+    """The ratio of means in `resamples` cluster-bootstrap resamples of the seeds.
+
+    The n_a seeds of A (the first rows of `w`) are drawn n_a times with
+    replacement, those of B n_b times, and both means are recomputed from W.
+    Between: the mean over all n_a * n_b pairs of drawn seeds (a seed drawn
+    twice counts twice). Within: the mean over the pairs of draws of one
+    condition that are *different seeds*; two draws of the same seed are not a
+    pair (their self-distance, 0, says nothing about the seed-to-seed spread
+    and would pull the within mean down by about 1/n, inflating the ratio),
+    so a distinct pair (i, j) drawn m_i and m_j times weighs m_i * m_j. A
+    resample in which both conditions drew a single seed has no within pair
+    and is drawn again (its chance is n_a^(1 - n_a) * n_b^(1 - n_b): 1/4 with
+    2 + 2 seeds, 1/81 with 3 + 3). `paired`: A and B are the same seeds
+    (successive windows of one run), drawn together: B's draws are A's.
+    Returns the ratios in the order drawn; a fixed seed gives the same ones.
+    """
+    n = w.shape[0]
+    n_b = n - n_a
+    if min(n_a, n_b) < 1 or max(n_a, n_b) < 2 or (paired and n_a != n_b):
+        raise ValueError(f"no bootstrap for {n_a} + {n_b} seeds (paired: {paired})")
+    rng = np.random.default_rng(seed)
+    out: list[np.ndarray] = []
+    got = 0
+    while got < resamples:
+        size = resamples - got
+        c_a = rng.multinomial(n_a, np.full(n_a, 1 / n_a), size=size)
+        c_b = c_a if paired else rng.multinomial(n_b, np.full(n_b, 1 / n_b), size=size)
+        ratios = resampled_ratios(w, n_a, c_a, c_b)
+        ok = ~np.isnan(ratios)
+        out.append(ratios[ok])
+        got += int(ok.sum())
+    return np.concatenate(out)[:resamples]
+
+
+def resampled_ratios(w: np.ndarray, n_a: int, c_a: np.ndarray, c_b: np.ndarray) -> np.ndarray:
+    """Ratio of means of resamples given by draw counts: c_a[r, i] = draws of A's seed i.
+
+    NaN where no within pair exists (each condition drew one seed only). See
+    bootstrap_ratios for the means; the diagonal of `w` is taken as 0.
+    """
+    w = np.array(w, dtype=np.float64)
+    np.fill_diagonal(w, 0.0)
+    n_b = w.shape[0] - n_a
+    c_a, c_b = np.atleast_2d(c_a).astype(np.float64), np.atleast_2d(c_b).astype(np.float64)
+    w_aa, w_bb, w_ab = w[:n_a, :n_a], w[n_a:, n_a:], w[:n_a, n_a:]
+    between = np.einsum("ri,ij,rj->r", c_a, w_ab, c_b) / (n_a * n_b)
+    # m W m^T counts each distinct pair twice, and each same-seed pair with weight m_i^2 * 0.
+    within = np.einsum("ri,ij,rj->r", c_a, w_aa, c_a) + np.einsum("ri,ij,rj->r", c_b, w_bb, c_b)
+    pairs = n_a**2 - (c_a**2).sum(axis=1) + n_b**2 - (c_b**2).sum(axis=1)  # twice the count
+    out = np.full(between.shape, np.nan)
+    ok = pairs > 0
+    out[ok] = _ratios(between[ok], within[ok] / pairs[ok])
+    return out
+
+
+def interval_tail(level: float, seeds: int) -> float:
+    """Tail probability of each end of the interval: (1 - level) / 2, widened for few seeds.
+
+    The bootstrap sees the spread of n seeds as that of their empirical
+    distribution, whose variance is (n - 1) / n of the unbiased one: the plain
+    percentile interval is too narrow when n is small. The ends are therefore
+    taken at Phi(-sqrt(n / (n - 1)) z), z the normal quantile of the nominal
+    level (the "expanded percentile" interval, without the t quantile, which
+    overcorrects): n = 3 moves the 5% tails of a 90% interval to 2.2%, n = 10
+    to 4.1%. `seeds` is the smaller condition's number of seeds.
+    """
+    if seeds < 2:
+        raise ValueError(f"no interval from {seeds} seed(s)")
+    normal = NormalDist()
+    z = normal.inv_cdf(1 - (1 - level) / 2)
+    return normal.cdf(-math.sqrt(seeds / (seeds - 1)) * z)
+
+
+def ratio_interval(
+    w: np.ndarray,
+    n_a: int,
+    level: float,
+    resamples: int = 2000,
+    seed: int = 0,
+    paired: bool = False,
+) -> tuple[float, float]:
+    """Interval of the ratio of means at nominal `level` (e.g. 0.9), from bootstrap_ratios.
+
+    The ends are order statistics of the resampled ratios (the inverted
+    empirical CDF at interval_tail and 1 - interval_tail, with n the smaller
+    condition's seeds), never interpolated, so an infinite ratio (W within 0
+    in a resample) stays infinite.
+    """
+    ratios = bootstrap_ratios(w, n_a, resamples, seed, paired)
+    tail = interval_tail(level, min(n_a, w.shape[0] - n_a))
+    low, high = np.quantile(ratios, [tail, 1 - tail], method="inverted_cdf")
+    return float(low), float(high)
+
+
 def verdict(
-    w: np.ndarray, n_a: int, alpha: float, max_ratio: float, permutations: int = 9999
+    w: np.ndarray,
+    n_a: int,
+    alpha: float,
+    max_ratio: float,
+    permutations: int = 9999,
+    bootstrap: int = 2000,
+    bootstrap_seed: int = 0,
+    paired: bool = False,
 ) -> Verdict:
-    """Summaries and verdict for conditions A (first n_a spectra) and B (the rest), uncorrected."""
+    """Summaries and verdict for conditions A (first n_a spectra) and B (the rest), uncorrected.
+
+    The ratio's interval has nominal coverage 1 - 2 alpha (see decide and
+    interval_tail); `bootstrap` resamples with seed `bootstrap_seed`, `paired`
+    as in bootstrap_ratios. With fewer than 2 seeds on a side there is no
+    permutation test, with fewer than MIN_INTERVAL_SEEDS no interval: either
+    way the verdict is inconclusive.
+    """
     n = w.shape[0]
     n_b = n - n_a
     in_a = np.arange(n) < n_a
@@ -169,11 +312,13 @@ def verdict(
         return float(x.std(ddof=1, dtype=np.float64)) if x.size > 1 else float("nan")
 
     ratio = ratio_of_means(mean(between), mean(within))
-    if n_a < 2 or n_b < 2:
-        p, p_min, call = float("nan"), float("nan"), "inconclusive"
-    else:
+    level = 1 - 2 * alpha
+    low = high = p = p_min = float("nan")
+    if min(n_a, n_b) >= 2:
         p, p_min = permutation_p(w, n_a, permutations)
-        call = decide(p, p_min, ratio, alpha, max_ratio)
+    if min(n_a, n_b) >= MIN_INTERVAL_SEEDS:
+        low, high = ratio_interval(w, n_a, level, bootstrap, bootstrap_seed, paired)
+    call = decide(p, low, high, alpha, max_ratio)
     mw_u, mw_p = mann_whitney(between, within)
     return Verdict(
         n_between=int(between.size),
@@ -191,6 +336,9 @@ def verdict(
         p_min_corrected=p_min,
         mw_u=mw_u,
         mw_p=mw_p,
+        ratio_low=low,
+        ratio_high=high,
+        ratio_level=level,
     )
 
 
@@ -199,9 +347,10 @@ def corrected(
 ) -> list[Verdict]:
     """The verdicts of one experiment's pairs, decided on p-values corrected across them.
 
-    A pair's smallest attainable corrected p is its p_min put in place of its
-    p among the family's observed p-values: "conjugate" needs that below
-    alpha, i.e. a test that could have rejected even after the correction.
+    Only "not conjugate" uses p, so only it depends on the correction; the
+    interval is each pair's own. A pair's smallest attainable corrected p is
+    its p_min put in place of its p among the family's observed p-values
+    (reported: "not conjugate" is out of reach when it is not below alpha).
     Pairs without a test (fewer than 2 seeds on a side) stay inconclusive and
     are not counted in the family.
     """
@@ -215,7 +364,7 @@ def corrected(
         best = p.copy()
         best[i] = v.p_min
         p_min_adj = float(adjust(best, correction)[i])
-        call = decide(float(p_adj[i]), p_min_adj, v.ratio, alpha, max_ratio)
+        call = decide(float(p_adj[i]), v.ratio_low, v.ratio_high, alpha, max_ratio)
         out.append(
             replace(
                 v,

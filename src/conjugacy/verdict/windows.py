@@ -5,19 +5,22 @@ seed). W is computed between every two window spectra of a condition, across
 seeds too, so that the change from window k to window k + 1 can be tested
 against the seed-to-seed spread inside each window: the same permutation test
 over seed labels as the conjugacy verdict, with Holm's correction across the
-transitions of a condition.
+transitions of a condition. The interval of the ratio resamples seeds
+*paired*: a drawn seed brings both its windows (they come from one run).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
 from conjugacy.config import check_verdict_options
+from conjugacy.config.validation import defaults
 from conjugacy.stores.contract import (
     StoreError,
     claim_output,
@@ -28,6 +31,7 @@ from conjugacy.stores.contract import (
 from conjugacy.verdict.distance import pairwise
 from conjugacy.verdict.stats import corrected, verdict
 
+DEFAULTS = defaults("compare")  # the schema's: the one place of every default
 STORE = "windows.zarr"
 TABLES = ("windows_successive.csv", "windows_transitions.csv", "windows_all.csv")
 
@@ -113,12 +117,21 @@ def distances(spectra: dict[Key, np.ndarray]) -> xr.Dataset:
 
 
 def transitions(
-    ds: xr.Dataset, alpha: float, max_ratio: float, permutations: int, correction: str = "holm"
+    ds: xr.Dataset,
+    alpha: float = DEFAULTS["alpha"],
+    max_ratio: float = DEFAULTS["max_ratio"],
+    permutations: int = DEFAULTS["permutations"],
+    correction: str = DEFAULTS["correction"],
+    bootstrap: int = DEFAULTS["bootstrap"],
+    bootstrap_seed: int = DEFAULTS["bootstrap_seed"],
 ) -> pd.DataFrame:
     """Window k vs window k + 1 of each condition: W between vs W within (seed to seed), tested.
 
-    The verdict of the conjugacy test, corrected across a condition's
-    transitions, named for windows: 'same dynamics' or 'changed'.
+    The verdict of the conjugacy test (stats.decide: the equivalence test on
+    the ratio's interval, and the permutation p corrected across a
+    condition's transitions), named for windows: 'same dynamics' (interval at
+    or below the margin) or 'changed' (above it, and p < alpha). The
+    bootstrap draws seeds paired across the two windows.
     """
     rows = []
     ns = ds.sizes["seed_a"]
@@ -130,7 +143,11 @@ def transitions(
             sub = np.block(
                 [[w[k, :, k, :], w[k, :, k + 1, :]], [w[k + 1, :, k, :], w[k + 1, :, k + 1, :]]]
             )
-            found.append(verdict(sub, ns, alpha, max_ratio, permutations))
+            found.append(
+                verdict(
+                    sub, ns, alpha, max_ratio, permutations, bootstrap, bootstrap_seed, paired=True
+                )
+            )
         for k, v in enumerate(corrected(found, alpha, max_ratio, correction)):
             rows.append(
                 {
@@ -161,23 +178,20 @@ def successive_table(ds: xr.Dataset) -> pd.DataFrame:
     ]
 
 
-def write_windows(
-    paths: list[str | Path],
-    outdir: str | Path,
-    alpha: float = 0.05,
-    max_ratio: float = 1.5,
-    permutations: int = 9999,
-    correction: str = "holm",
-) -> pd.DataFrame:
-    """Distances and tables of the window spectra; returns the transition table."""
-    options = {"alpha": alpha, "max_ratio": max_ratio, "permutations": permutations}
-    check_verdict_options(options | {"correction": correction}, lambda k: f"compare.{k}")
+def write_windows(paths: list[str | Path], outdir: str | Path, **options: Any) -> pd.DataFrame:
+    """Distances and tables of the window spectra; returns the transition table.
+
+    `options`: the config's `compare` settings (alpha, max_ratio, permutations,
+    correction, bootstrap, bootstrap_seed); the schema's defaults fill the rest.
+    """
+    check_verdict_options(options, lambda k: f"compare.{k}")
+    opts = {k: v for k, v in {**DEFAULTS, **options}.items() if k != "pairs"}
     claim_output(Path(outdir) / STORE, "windows", inputs=paths)
     spectra = load_windows(paths)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
     ds = distances(spectra)
-    table = transitions(ds, alpha, max_ratio, permutations, correction)
+    table = transitions(ds, **opts)
     write_dataset(ds, outdir / STORE, role="windows")
     successive_table(ds).to_csv(outdir / TABLES[0], index=False)
     table.to_csv(outdir / TABLES[1], index=False)

@@ -11,6 +11,7 @@ from conftest import REPO
 
 from conjugacy import config
 from conjugacy.config import ConfigError
+from conjugacy.config.shapes import tensor_shapes
 
 ROOT = REPO
 CONFIGS = [
@@ -84,6 +85,8 @@ def test_minimal_config_defaults():
         "max_ratio": 1.5,
         "permutations": 9999,
         "correction": "holm",
+        "bootstrap": 2000,
+        "bootstrap_seed": 0,
     }
     assert config.condition_pairs(cfg) == [("n", "m")]
 
@@ -454,3 +457,26 @@ def test_shipped_configs_validate_apart_from_data_on_disk(path, monkeypatch):
     cfg = config.load(path)
     names = [cfg["experiment"], *cfg["conditions"]]
     assert all(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", n) for n in names)
+
+
+DATA_KEYS = ("dataset", "data_dir")
+
+
+def test_fcn_width_fashion_is_the_width_design_on_fashion_mnist(monkeypatch):
+    """The same design as fcn_width (784 -> h -> 10 on 28x28 images); validates without the data."""
+    monkeypatch.setattr(config.checks, "_check_data_dir", lambda cond, key: None)
+    fashion = config.load(ROOT / "config" / "experiments" / "fcn_width_fashion.yaml")
+    digits = config.load(ROOT / "config" / "experiments" / "fcn_width.yaml")
+    assert fashion["compare"] == digits["compare"]
+    assert list(fashion["conditions"]) == ["fcn_h5", "fcn_h10", "fcn_h40"]
+    for name, cond in fashion["conditions"].items():
+        assert cond["dataset"] == "fashion_mnist"
+        assert cond["data_dir"] == "/usr/share/datasets/fashion-mnist"
+        assert len(cond["seeds"]) == 25 and cond["inits"] == 10 and cond["steps"] == 1000
+        assert (cond["lr"], cond["batch_size"], cond["bias"]) == (0.1, 60, False)
+        assert tensor_shapes(cond)["fc1.weight"] == (cond["hidden"], 784)
+        assert cond["koopman"]["delays"] == 320 // cond["hidden"]  # 64 / 32 / 8
+        assert cond["koopman"]["rank"] == 10
+        assert cond["koopman"]["observables"] == ["fc2.weight"]
+        same = {k: v for k, v in digits["conditions"][name].items() if k not in DATA_KEYS}
+        assert {k: cond[k] for k in same} == same

@@ -179,7 +179,8 @@ def test_oversized_file_is_rejected_unread(tmp_path):
 # --- the verdict options: one check -----------------------------------------------------------
 
 COMPARE = config.schema()["properties"]["compare"]["properties"]
-DEFAULTS = {k: COMPARE[k]["default"] for k in ("alpha", "max_ratio", "permutations", "correction")}
+KEYS = ("alpha", "max_ratio", "permutations", "correction", "bootstrap", "bootstrap_seed")
+DEFAULTS = {k: COMPARE[k]["default"] for k in KEYS}
 
 # (argv after the command, the error after "option ")
 BAD_OPTIONS = [
@@ -196,6 +197,8 @@ BAD_OPTIONS = [
         ["--correction", "sidak"],
         "--correction: 'sidak' is not one of ['holm', 'bonferroni', 'none']",
     ),
+    (["--bootstrap", "10"], "--bootstrap: 10 is less than the minimum of 99"),
+    (["--bootstrap-seed", "-1"], "--bootstrap-seed: -1 is less than the minimum of 0"),
 ]
 BAD_PAIRS = [
     (["--pair", "omd:omd"], "--pair: condition 'omd' is paired with itself"),
@@ -238,10 +241,12 @@ def test_windows_rejects_options_before_reading_stores(tmp_path, capsys, extra, 
 @pytest.mark.parametrize("command", ["compare", "windows"])
 def test_cli_defaults_are_the_schema_defaults(command):
     args = cli.parser().parse_args([command, "s.zarr", "-o", "out"])
-    assert {k: getattr(args, k) for k in DEFAULTS} == DEFAULTS
+    assert all(getattr(args, k) is None for k in DEFAULTS)  # nothing typed: the schema decides
+    resolved = {**config.validation.defaults("compare"), **cli._verdict_settings(args)}
+    assert {k: resolved[k] for k in DEFAULTS} == DEFAULTS
     # defaults live in the schema only
     source = inspect.getsource(cli._verdict_options)
-    for literal in ("0.05", "1.5", "9999", '"holm"', "'holm'"):
+    for literal in ("0.05", "1.5", "9999", '"holm"', "'holm'", "2000"):
         assert literal not in source
 
 
@@ -249,7 +254,7 @@ def test_cli_defaults_are_the_schema_defaults(command):
 def test_config_compare_section_gives_the_same_verdict(extra, message):
     """The config's compare section fails on the same values, named as config keys."""
     args = cli.parser().parse_args(["compare", "s.zarr", "-o", "out", *extra])
-    section = {k: getattr(args, k) for k in DEFAULTS}
+    section = {k: getattr(args, k) for k in DEFAULTS if getattr(args, k) is not None}
     if args.pair:
         section["pairs"] = [list(p) for p in args.pair]
     raw = {
@@ -289,6 +294,8 @@ def test_check_verdict_options_pair_not_among_conditions():
         ({"permutations": 0}, "compare.permutations: 0 is less than the minimum of 99"),
         ({"permutations": 999.0}, "compare.permutations: 999.0 is not of type 'integer'"),
         ({"correction": "sidak"}, "compare.correction: 'sidak' is not one of"),
+        ({"bootstrap": 98}, "compare.bootstrap: 98 is less than the minimum of 99"),
+        ({"bootstrap_seed": 0.5}, "compare.bootstrap_seed: 0.5 is not of type 'integer'"),
         ({"alpha": float("nan")}, "compare.alpha: nan is not a finite number"),
         ({"pairs": [("x", "x")]}, "compare.pairs.0: condition 'x' is paired with itself"),
     ],
@@ -306,6 +313,7 @@ def test_compare_run_checks_before_reading(tmp_path, options, message):
         ({"alpha": 0}, "compare.alpha: 0 is less than or equal to the minimum of 0"),
         ({"max_ratio": float("inf")}, "compare.max_ratio: inf is not a finite number"),
         ({"permutations": 10}, "compare.permutations: 10 is less than the minimum of 99"),
+        ({"bootstrap": 0}, "compare.bootstrap: 0 is less than the minimum of 99"),
     ],
 )
 def test_windows_run_checks_before_reading(tmp_path, options, message):

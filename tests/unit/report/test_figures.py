@@ -90,6 +90,23 @@ def test_annotation_shows_the_test_result() -> None:
     assert annotation({"p_value": float("nan")}).splitlines() == ["p = n/a", "ratio = n/a"]
 
 
+def test_annotation_shows_the_ratio_interval() -> None:
+    row = {"p_value": 0.002, "correction": "none", "ratio": 2.5}
+    row |= {"ratio_low": 1.81, "ratio_high": 3.9, "ratio_level": 0.9}
+    assert annotation(row).splitlines() == ["p = 0.002", "ratio = 2.5", "  90% CI [1.81, 3.9]"]
+    # W within 0 in every resample: an infinite ratio and interval, printed as such.
+    row |= {"ratio": float("inf"), "ratio_low": float("inf"), "ratio_high": float("inf")}
+    assert annotation(row).splitlines()[1:] == ["ratio = inf", "  90% CI [inf, inf]"]
+    # An untested pair (NaN interval) or a table without the level.
+    row |= {"ratio_low": float("nan")}
+    assert annotation(row).splitlines()[1:] == ["ratio = inf"]
+    row = {"ratio": 1.0, "ratio_low": 0.9, "ratio_high": 1.2}
+    assert annotation(row).splitlines() == ["p = n/a", "ratio = 1", "  CI [0.9, 1.2]"]
+    assert figures.ratio_bar(row) is None  # no within mean to put it on the W scale
+    row |= {"w_within_mean": 2.0, "w_between_mean": 2.0}
+    assert figures.ratio_bar(row) == (2.0, 2.0, 1.8, 2.4)
+
+
 def test_run_writes_png_and_pdf_of_every_figure(experiment, tmp_path) -> None:
     out = tmp_path / "figures"
     paths = figures.write_figures(
@@ -130,9 +147,25 @@ def test_w_figure_annotates_each_pair(experiment, captured) -> None:
     text = axes[1].texts[0].get_text()
     p_holm = verdicts.p_corrected.iloc[1]
     assert f"p (holm) = {p_holm:.3g}" in text and "ratio = " in text
+    low, high = verdicts.ratio_low.iloc[1], verdicts.ratio_high.iloc[1]
+    assert f"90% CI [{low:.3g}, {high:.3g}]" in text
     # strip points: 10 within a, 10 within b, 25 between
-    sizes = [len(c.get_offsets()) for c in axes[0].collections]
-    assert sizes == [10, 10, 25]
+    strips = [c for c in axes[0].collections if type(c).__name__ == "PathCollection"]
+    assert [len(c.get_offsets()) for c in strips] == [10, 10, 25]
+    # The interval as an error bar beside the between column: within mean x its ends.
+    for ax, row in zip(axes, verdicts.to_dict("records"), strict=True):
+        (bars,) = [c for c in ax.collections if type(c).__name__ == "LineCollection"]
+        (segment,) = bars.get_segments()
+        np.testing.assert_allclose(
+            segment[:, 1],
+            [row["w_within_mean"] * row["ratio_low"], row["w_within_mean"] * row["ratio_high"]],
+        )
+        assert segment[0, 0] > 3  # right of the between box
+        assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+            "mean W within",
+            "CI × mean W within",
+        ]
+        assert ax.get_ylim()[1] > row["w_within_mean"] * row["ratio_high"]
 
 
 def test_distance_heatmap_has_labelled_axes(experiment, captured) -> None:

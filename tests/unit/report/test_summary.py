@@ -72,6 +72,9 @@ def verdicts() -> pd.DataFrame:
             "p_min_corrected": [0.0002, 0.0002],
             "mw_u": [1400.0, 5000.0],
             "mw_p": [1e-9, 0.3],
+            "ratio_low": [5.5, 0.93],
+            "ratio_high": [11.2, 1.24],
+            "ratio_level": [0.9, 0.9],
         }
     )
 
@@ -128,8 +131,9 @@ def test_render_has_verdicts_settings_and_wall_time(benchmarks: Path) -> None:
     assert lines[0] == "# Experiment `demo`"
     row = next(line for line in lines if line.startswith("| omd vs bisection |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells == ["omd vs bisection", "0.72 ± 0.04", "0.09 ± 0.07", "8", "0.0001", "0.0002",
-                     "1e-09", "**not conjugate**"]  # fmt: skip
+    assert cells == ["omd vs bisection", "0.72 ± 0.04", "0.09 ± 0.07", "8", "[5.5, 11.2]",
+                     "0.0001", "0.0002", "1e-09", "**not conjugate**"]  # fmt: skip
+    assert "| ratio | ratio 90% interval | p |" in text
     assert "Left out of small vs big: small/seed3: diverged at step 12" in text
     # Settings: resolved values, per-condition seeds, Koopman options, the test.
     omd = next(line for line in lines if line.startswith("| omd | omd |"))
@@ -139,6 +143,7 @@ def test_render_has_verdicts_settings_and_wall_time(benchmarks: Path) -> None:
     small = next(line for line in lines if line.startswith("| small | fcn |"))
     assert "hidden 5" in small and "delays 64, rank 10" in small and "checkpoint_every" not in small
     assert "correction bonferroni" in text
+    assert "bootstrap 2000, bootstrap_seed 0." in text  # the interval's settings
     # Wall time: per stage and in all.
     assert "| train | 2 | 30.0 s | 20.0 s | 23.0 s |" in text
     assert "| **all** | 4 | 35.5 s | 20.0 s | 27.5 s |" in text
@@ -149,7 +154,8 @@ def test_old_verdict_tables_render_with_dashes(tmp_path: Path) -> None:
     old = verdicts().iloc[:, :11]  # the columns before ratio, corrections and Mann-Whitney
     text = render(config.resolve(CFG), old, read_benchmarks(tmp_path))
     row = next(line for line in text.splitlines() if line.startswith("| omd vs bisection |"))
-    assert row.endswith("| - | 0.0001 | - | - | **not conjugate** |")
+    assert row.endswith("| - | - | 0.0001 | - | - | **not conjugate** |")
+    assert "| ratio | ratio interval | p |" in text  # no level to name
     assert "No job benchmarks were found." in text
 
 

@@ -145,22 +145,38 @@ def test_tie_tolerance_is_rounding_sized(gap, tie):
 
 
 @pytest.mark.parametrize(
-    ("p", "p_min", "ratio", "expected"),
+    ("p", "low", "high", "expected"),
     [
-        (0.01, 0.008, 2.0, "not conjugate"),  # significant and large
-        (0.01, 0.008, 1.2, "inconclusive"),  # significant but within the margin
-        (0.50, 0.008, 1.2, "conjugate"),  # comparable, and the test could have rejected
-        (0.50, 0.008, 2.0, "inconclusive"),  # large but not significant
-        (0.50, 0.100, 1.2, "inconclusive"),  # too few seeds to reject
-        (0.05, 0.008, 1.5, "conjugate"),  # boundaries: p == alpha, ratio == max_ratio
-        (0.04, 0.008, 1.5, "inconclusive"),  # significant, ratio at the margin
-        (0.50, 0.050, 1.0, "inconclusive"),  # p_min == alpha cannot reject
-        (0.05, 0.008, 2.0, "inconclusive"),  # p == alpha is not significant, even if large
-        (0.0499, 0.008, 2.0, "not conjugate"),  # just below alpha, large: significant
+        (0.01, 1.8, 2.5, "not conjugate"),  # significant, interval above the margin
+        (0.50, 0.8, 1.3, "conjugate"),  # interval below the margin
+        (0.01, 1.1, 1.4, "conjugate"),  # significant but small: equivalent within the margin
+        (0.50, 1.8, 2.5, "inconclusive"),  # large but not significant
+        (0.01, 1.2, 1.8, "inconclusive"),  # significant, interval across the margin
+        (0.50, 1.2, 1.8, "inconclusive"),  # nothing shown either way
+        (0.05, 1.8, 2.5, "inconclusive"),  # p == alpha is not significant, even if large
+        (0.0499, 1.8, 2.5, "not conjugate"),  # just below alpha, large: significant
+        (0.01, math.inf, math.inf, "not conjugate"),  # W within 0, between > 0
+        (float("nan"), 0.8, 1.3, "conjugate"),  # the equivalence needs no permutation p
+        (0.01, float("nan"), float("nan"), "inconclusive"),  # no interval
     ],
 )
-def test_decide_branches(p, p_min, ratio, expected):
-    assert decide(p, p_min, ratio, alpha=0.05, max_ratio=1.5) == expected
+def test_decide_branches(p, low, high, expected):
+    assert decide(p, low, high, alpha=0.05, max_ratio=1.5) == expected
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "expected"),
+    [
+        (1.0, 1.5, "conjugate"),  # the upper end on the margin: "at or below"
+        (1.0, np.nextafter(1.5, 2), "inconclusive"),  # just above it
+        (1.5, 1.5, "conjugate"),  # a point interval on the margin
+        (1.5, 2.0, "inconclusive"),  # the lower end on the margin is not above it
+        (np.nextafter(1.5, 2), 2.0, "not conjugate"),  # just above it
+    ],
+)
+def test_decide_at_the_margin(low, high, expected):
+    """TOST boundaries: high <= margin rejects 'ratio > margin'; low > margin rejects '<='."""
+    assert decide(0.001, low, high, alpha=0.05, max_ratio=1.5) == expected
 
 
 # --- verdict ---------------------------------------------------------------------------------
@@ -197,10 +213,16 @@ def test_verdict_calls():
     separated_call = verdict(separated(5, 5), 5, alpha=0.05, max_ratio=1.5)
     assert separated_call.verdict == "not conjugate"
     assert separated_call.p_value == pytest.approx(2 / 252)
+    assert separated_call.ratio_low > 100  # A within 0.1-0.4 apart, B 100 away
     same = np.ones((10, 10)) - np.eye(10)
     assert verdict(same, 5, alpha=0.05, max_ratio=1.5).verdict == "conjugate"
-    # 3 + 3 seeds: the smallest attainable p is 2/20 = 0.1, so no call is possible.
-    assert verdict(np.ones((6, 6)) - np.eye(6), 3, 0.05, 1.5).verdict == "inconclusive"
+    # 3 + 3 seeds: the smallest attainable p is 2/20 = 0.1, "not conjugate" is out of
+    # reach; with all W equal the interval is [1, 1], so the equivalence is shown.
+    three = verdict(np.ones((6, 6)) - np.eye(6), 3, 0.05, 1.5)
+    assert three.p_min == pytest.approx(0.1)
+    assert three.verdict == "conjugate"
+    # ... and groups 100 apart stay inconclusive: the interval is above, p cannot be below.
+    assert verdict(separated(3, 3), 3, 0.05, 1.5).verdict == "inconclusive"
 
 
 def test_p_equal_to_alpha_is_not_a_rejection():
@@ -209,7 +231,7 @@ def test_p_equal_to_alpha_is_not_a_rejection():
     p, _ = permutation_p(w, 5)
     assert p == 2 / 252  # the same float as alpha below
     at = verdict(w, 5, alpha=2 / 252, max_ratio=1.5)
-    assert at.p_value == at.p_min == 2 / 252 and at.ratio > 1.5
+    assert at.p_value == at.p_min == 2 / 252 and at.ratio_low > 1.5
     assert at.verdict == "inconclusive"  # not significant at p == alpha; could not reject
     assert verdict(w, 5, alpha=np.nextafter(2 / 252, 1), max_ratio=1.5).verdict == "not conjugate"
     # The same boundary after a correction: Holm over one pair leaves p unchanged.
@@ -221,7 +243,7 @@ def test_identical_spectra_are_conjugate():
     # All W = 0: every split has statistic 0, p = 1, ratio 0/0 read as 1.
     v = verdict(np.zeros((10, 10)), 5, alpha=0.05, max_ratio=1.5)
     assert v.p_value == 1.0
-    assert v.ratio == 1.0
+    assert v.ratio == v.ratio_low == v.ratio_high == 1.0
     assert v.mw_p == 1.0 and v.mw_u == pytest.approx(v.n_between * v.n_within / 2)
     assert v.verdict == "conjugate"
 
@@ -229,7 +251,7 @@ def test_identical_spectra_are_conjugate():
 def test_zero_within_and_positive_between_is_infinite_ratio():
     # Two points, five identical copies each: within W = 0, between W = 1.
     v = verdict(line_distances([0] * 5 + [1] * 5), 5, alpha=0.05, max_ratio=1.5)
-    assert v.ratio == math.inf
+    assert v.ratio == v.ratio_low == v.ratio_high == math.inf
     assert v.p_value == pytest.approx(2 / 252)
     assert v.verdict == "not conjugate"
 
@@ -314,17 +336,17 @@ def test_correction_turns_a_borderline_pair_inconclusive():
     assert [v.verdict for v in corrected(family, 0.05, 1.5, "none")] == ["not conjugate"] * 3
 
 
-def test_conjugate_needs_an_attainable_corrected_alpha():
-    # 4 + 4 identical-distance seeds: p = 1, p_min = 2/70 (one pair: attainable).
+def test_conjugate_does_not_depend_on_the_correction():
+    # 4 + 4 identical-distance seeds: p = 1, p_min = 2/70, interval [1, 1].
     same = verdict(np.ones((8, 8)) - np.eye(8), 4, alpha=0.05, max_ratio=1.5)
     assert same.verdict == "conjugate"
     (alone,) = corrected([same], 0.05, 1.5, "holm")
     assert alone.verdict == "conjugate" and alone.p_min_corrected == pytest.approx(2 / 70)
-    # With two pairs, Holm's first step needs p < 0.025 < 2/70: no longer attainable.
+    # With two pairs, Holm's first step needs p < 0.025 < 2/70: "not conjugate" is out of
+    # reach (p_min_corrected says so), but the equivalence is the interval's, not p's.
     two = corrected([same, same], 0.05, 1.5, "holm")
     assert [v.p_min_corrected for v in two] == pytest.approx([4 / 70, 4 / 70])
-    assert [v.verdict for v in two] == ["inconclusive"] * 2
-    assert [v.verdict for v in corrected([same, same], 0.05, 1.5, "none")] == ["conjugate"] * 2
+    assert [v.verdict for v in two] == ["conjugate"] * 2
 
 
 def test_untestable_pairs_are_not_counted_in_the_family():
@@ -364,6 +386,9 @@ def test_same_generator_conjugate_shifted_eigenvalues_not():
     table = synthetic_table(shift=0.1)
     assert list(table.verdict) == ["conjugate", "not conjugate", "not conjugate"]
     assert table.ratio.iloc[0] < 1.5 and table.ratio.iloc[1:].min() > 3
+    assert table.ratio_high.iloc[0] <= 1.5 and table.ratio_low.iloc[1:].min() > 1.5
+    assert (table.ratio_low <= table.ratio).all() and (table.ratio <= table.ratio_high).all()
+    assert (table.ratio_level == 0.9).all()
     assert (table.p_corrected >= table.p_value).all()
     assert table.mw_p.iloc[1:].max() < 1e-6
     assert list(table.columns[: len(VERDICT_COLUMNS)]) == VERDICT_COLUMNS

@@ -81,9 +81,13 @@ WINDOWS = [(0, 10), (10, 20), (20, 30), (30, 40)]
 
 @pytest.fixture
 def window_spectra(tmp_path):
+    return make_window_spectra(tmp_path, 5)
+
+
+def make_window_spectra(tmp_path, seeds: int) -> list[str]:
     rng = np.random.default_rng(0)
     paths = []
-    for seed in range(5):
+    for seed in range(seeds):
         # the same spectrum in every seed, up to a small seed-to-seed spread
         base = 0.8 * np.exp(1j * np.array([0.3, 1.2, 2.5])) + 0.01 * rng.normal(size=3)
         base = np.concatenate([base, base.conj()])
@@ -118,6 +122,11 @@ def test_windows_stage_tables_verdicts_and_figures(window_spectra, tmp_path):
     assert slow.loc[0, "verdict"] == "changed" and slow.loc[0, "p_corrected"] < 0.05
     assert slow.loc[2, "verdict"] == "same dynamics" and slow.loc[2, "ratio"] <= 1.0
     assert slow.loc[0, "steps_a"] == "0:10" and slow.loc[0, "steps_b"] == "10:20"
+    # The interval the verdicts read: far above the margin for the move, and for the
+    # repeat at most 4/5 (seeds drawn paired: a seed's own W(k, k + 1) = 0 enters between).
+    assert slow.loc[0, "ratio_low"] > 1.5 and slow.loc[0, "ratio_level"] == pytest.approx(0.9)
+    assert slow.loc[2, "ratio_high"] <= 0.8 + 1e-12
+    assert slow.loc[2, "ratio"] == pytest.approx(0.8)
     succ = pd.read_csv(out / "windows_successive.csv")
     assert len(succ) == 2 * 5 * 3
     row = succ[(succ.condition == "fast") & (succ.seed == 4) & (succ.transition == 0)]
@@ -129,6 +138,41 @@ def test_windows_stage_tables_verdicts_and_figures(window_spectra, tmp_path):
     for name in ("windows_successive", "windows_heatmap"):
         assert (tmp_path / "figs" / f"{name}.png").stat().st_size > 10_000
         assert (tmp_path / "figs" / f"{name}.pdf").is_file()
+
+
+@pytest.mark.parametrize(
+    ("seeds", "moved", "repeated"),
+    [
+        # 2 seeds: no interval, no verdict either way
+        (2, "inconclusive", "inconclusive"),
+        # 3 seeds: the repeat is shown equivalent by the interval alone; the move is far
+        # above the margin, but "changed" also needs the permutation test, whose smallest
+        # p with 3 + 3 seeds is 2/20 = 0.1
+        (3, "inconclusive", "same dynamics"),
+        # 4 seeds: smallest p 2/70, but Holm over the 3 transitions needs p < 0.05/3
+        (4, "inconclusive", "same dynamics"),
+    ],
+)
+def test_window_verdicts_with_few_seeds(tmp_path, seeds, moved, repeated):
+    table = write_windows(make_window_spectra(tmp_path, seeds), tmp_path / "out", bootstrap=500)
+    slow = table[table.condition == "slow"].set_index("window_a")
+    assert slow.loc[0, "verdict"] == moved
+    assert slow.loc[2, "verdict"] == repeated
+    if seeds >= 3:
+        assert slow.loc[0, "ratio_low"] > 1.5 and slow.loc[2, "ratio_high"] < 1.0
+    else:
+        assert slow[["ratio_low", "ratio_high"]].isna().all().all()
+
+
+def test_windows_bootstrap_options_reach_the_table(window_spectra, tmp_path):
+    first = write_windows(window_spectra, tmp_path / "a", permutations=99, bootstrap_seed=1)
+    again = write_windows(window_spectra, tmp_path / "b", permutations=99, bootstrap_seed=1)
+    pd.testing.assert_frame_equal(first, again)
+    argv = ["windows", *window_spectra, "-o", str(tmp_path / "c"), "--permutations", "99"]
+    assert main([*argv, "--bootstrap-seed", "1", "--bootstrap", "2000"]) == 0
+    cli = pd.read_csv(tmp_path / "c" / "windows_transitions.csv")
+    np.testing.assert_allclose(cli.ratio_high, first.ratio_high)
+    assert main([*argv, "--bootstrap", "50"]) == 2  # below the schema's minimum of 99
 
 
 def test_windows_command_refuses_a_spectrum_without_a_window(tmp_path, capsys):
@@ -154,9 +198,13 @@ def test_workflow_plans_one_koopman_job_per_window_only_where_asked(tmp_path):
     cfg["conditions"]["plain"] = {**fcn_cond(None), "hidden": 4}
     jobs = dry_run(REPO, write_config(tmp_path / "c.yaml", cfg))
     count = lambda rule, cond=None: sum(  # noqa: E731
-        1 for j in jobs if j["rule"] == rule and (cond is None or j["condition"] == cond)
+        1
+        for j in jobs
+        if j["rule"].rsplit("_block", 1)[0] in (rule, f"{rule}_{j['condition']}")
+        and (cond is None or j["condition"] == cond)
     )
     assert count("koopman_window", "win") == 2 * 3 and count("koopman_window", "plain") == 0
-    assert count("koopman") == 4 and count("windows") == 1 and count("train") == 4
+    # train and koopman: one job per condition for its block of 2 seeds (seeds_per_job 5)
+    assert count("koopman") == 2 and count("windows") == 1 and count("train") == 2
     default = dry_run(REPO, REPO / "config" / "config.yaml")
     assert not [j for j in default if j["rule"] in ("koopman_window", "windows")]
