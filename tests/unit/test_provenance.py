@@ -51,7 +51,7 @@ def edited_copy(tmp_path, module: str):
         ("conjugacy.koopman.backend", {"koopman", "monitor"}, {"train", "compare"}),
         ("conjugacy.report.style", {"figures", "windows", "monitor"}, {"train", "koopman"}),
         ("conjugacy.systems.fcn", {"train", "prune", "predict"}, {"koopman", "compare"}),
-        ("conjugacy.config.checks", {"train", "koopman", "compare"}, {"summary"}),
+        ("conjugacy.config.checks", {"train", "koopman", "compare", "summary"}, set()),
         ("conjugacy.verdict.stats", {"compare", "windows", "figures"}, {"train", "koopman"}),
     ],
 )

@@ -23,6 +23,10 @@ Variants (`variant`):
   b = Syx^T Syy^-1, A~ = (f b^-1)^(1/2), each eigenvalue's root chosen nearest
   the forward one. Noise shrinks f and b^-1 alike, so the root cancels it.
 
+The squared matrix's leading eigenpairs come from `leading_eigh`: block
+Lanczos for an integer rank (then only the leading `rank` singular values are
+known), LAPACK for the other rank rules (every singular value).
+
 A squared matrix resolves singular values only down to about sqrt(eps) * s_max;
 when the rank asks for smaller ones, the QR routes (a streaming float64 QR
 whose R factor stands in for the data) give them to eps * s_max.
@@ -59,7 +63,9 @@ def require_finite(m: np.ndarray) -> None:
 class DMDResult:
     eigenvalues: np.ndarray  # (rank,) complex128
     amplitudes: np.ndarray  # (rank, inits) complex128: W^-1 U_r^T x0 of each init
-    singular_values: np.ndarray  # all singular values of X, descending
+    # Singular values of X, descending: all of them, or only the leading `rank` from the
+    # Gram and covariance routes with an integer rank (see leading_eigh).
+    singular_values: np.ndarray
     rank: int
     eigenvectors: np.ndarray | None = None  # W: eigenvectors of A~ in the POD basis
     # How to get Y V S^-1 for the modes: in the lifted space directly (D x r),
@@ -92,45 +98,175 @@ def eigh_desc(m: np.ndarray, overwrite: bool = False) -> tuple[np.ndarray, np.nd
     return np.clip(lam[::-1], 0.0, None), vec[:, ::-1]
 
 
+KRYLOV_TOL = 1e-15  # Lanczos estimate of each kept pair's residual, relative to the largest
+KRYLOV_CHECK = 1e-12  # the residual computed at the end, relative to the largest, or dense
+KRYLOV_SEED = 0  # the start block: the same input gives bitwise the same output
+
+
 def leading_eigh(
     m: np.ndarray,
     pick: Callable[[np.ndarray], int],
     most: int | None = None,
     overwrite: bool = False,
+    every: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Every eigenvalue of a symmetric PSD matrix (largest first, clipped at 0) and the
-    leading pick(eigenvalues) eigenvectors; `most` bounds pick's answer when known.
+    """Eigenvalues of a symmetric PSD matrix (largest first, clipped at 0) and the leading
+    pick(eigenvalues) eigenvectors; `most` bounds pick's answer when known.
 
-    DMD keeps r << n eigenvectors, but LAPACK's dsyevr back-transforms all n
-    (2 n^3 of its 10/3 n^3). With a small bound, the Householder
-    tridiagonalisation (dsytrd) gives every eigenvalue for O(n^2) more, and
-    only the r wanted eigenvectors of the tridiagonal matrix are computed and
-    back-transformed, one reflector at a time (O(n^2 r)): the steps of
-    dsyevr, for fewer vectors (n = 3250, r = 10: 1.3 s instead of 4.3 s,
-    eigenvalues equal to 1e-14). Without a bound, or a large one, it is dsyevr.
+    Without a bound (or a large one: most > n / 4, or n < 64) every eigenvalue,
+    by LAPACK's dsyevr. With a bound, only the leading `most` eigenvalues
+    (pick sees those), by block Lanczos (`krylov_eigh`): O(n^2 most) per
+    block step instead of the O(n^3) tridiagonalisation, and each returned
+    pair's residual |m y - theta y| is checked to be at most KRYLOV_CHECK times
+    the largest eigenvalue (so each eigenvalue is that close to the exact one;
+    in practice they equal dense eigh's to ~1e-15); when it is not, or the
+    Krylov basis would outgrow n / 3, the tridiagonal route answers instead,
+    with the same leading `most` eigenvalues. `every`: with a bound, every
+    eigenvalue and the leading eigenvectors by the tridiagonal route (the
+    former default): the Householder tridiagonalisation (dsytrd), its
+    eigenvalues, r of its eigenvectors and r back-transforms. n = 3250,
+    r = 10, one BLAS thread (benchmarks/eigensolve.py): 0.09 s (0.22 s for a
+    spectrum decaying as 1/i) against 3.1 s of CPU for the tridiagonal route.
     """
     require_finite(m)
     n = m.shape[0]
     if most is None or most > n // 4 or n < 64:
         lam, vec = eigh_desc(m, overwrite)
         return lam, vec[:, : pick(lam)]
-    if m.flags.c_contiguous and not m.flags.f_contiguous:
-        m = m.T  # the same symmetric matrix, in Fortran order
-    lwork, _ = lapack.dsytrd_lwork(n, lower=1)
-    c, d, e, tau, info = lapack.dsytrd(m, lower=1, lwork=int(lwork), overwrite_a=overwrite)
-    if info != 0:
-        raise np.linalg.LinAlgError(f"dsytrd failed (info {info})")
-    lam = np.clip(scipy.linalg.eigh_tridiagonal(d, e, eigvals_only=True)[::-1], 0.0, None)
+    found = None if every else krylov_eigh(m, most)
+    if found is None:
+        c, d, e, tau = _tridiagonal(m, overwrite)
+        lam = np.clip(scipy.linalg.eigh_tridiagonal(d, e, eigvals_only=True)[::-1], 0.0, None)
+        lam = lam if every else lam[:most]
+        r = _picked(pick, lam, most)
+        return lam, _tridiagonal_vectors(c, d, e, tau, r)
+    lam, vec = found
+    return lam, vec[:, : _picked(pick, lam, most)]
+
+
+def _picked(pick: Callable[[np.ndarray], int], lam: np.ndarray, most: int) -> int:
     r = pick(lam)
     if not 0 < r <= most:
         raise ValueError(f"{r} eigenvectors asked for, at most {most} expected")
+    return r
+
+
+def _tridiagonal(m: np.ndarray, overwrite: bool) -> tuple[np.ndarray, ...]:
+    """Householder tridiagonal form Q^T m Q (LAPACK dsytrd, lower triangle): c, d, e, tau."""
+    if m.flags.c_contiguous and not m.flags.f_contiguous:
+        m = m.T  # the same symmetric matrix, in Fortran order
+    lwork, _ = lapack.dsytrd_lwork(m.shape[0], lower=1)
+    c, d, e, tau, info = lapack.dsytrd(m, lower=1, lwork=int(lwork), overwrite_a=overwrite)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"dsytrd failed (info {info})")
+    return c, d, e, tau
+
+
+def _tridiagonal_vectors(
+    c: np.ndarray, d: np.ndarray, e: np.ndarray, tau: np.ndarray, r: int
+) -> np.ndarray:
+    """The leading r eigenvectors of m from its tridiagonal form: r back-transforms, O(n^2 r)."""
+    n = d.size
     _, z = scipy.linalg.eigh_tridiagonal(d, e, select="i", select_range=(n - r, n - 1))
     z = np.ascontiguousarray(z[:, ::-1])
     for i in range(n - 2, -1, -1):  # z <- Q z, Q = H(0) ... H(n-2), H(i) = I - tau v v^T
         v = np.empty(n - i - 1)
         v[0], v[1:] = 1.0, c[i + 2 :, i]
         z[i + 1 :] -= tau[i] * np.outer(v, v @ z[i + 1 :])
-    return lam, z
+    return z
+
+
+def krylov_eigh(
+    m: np.ndarray,
+    k: int,
+    tol: float = KRYLOV_TOL,
+    check: float = KRYLOV_CHECK,
+    max_basis: int | None = None,
+    block: int | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """The k largest eigenpairs of a symmetric PSD matrix by block Lanczos, or None.
+
+    Block Lanczos with full reorthogonalisation from a fixed Gaussian start
+    block of b = k + 8 columns (`block`): each step multiplies m by the newest
+    block (dgemm, 2 n^2 b flops), orthogonalises the product against the
+    basis Q (block classical Gram-Schmidt, twice or three times) and takes the
+    Ritz pairs of T = Q^T m Q. It stops when the Lanczos estimate of every
+    kept pair's residual, |R_j s|, is at most `tol` times the largest Ritz
+    value, then computes the residuals |m y - theta y| of the returned pairs
+    and answers None unless they are at most `check` times the largest (also
+    None when the basis would pass `max_basis`, default n / 3: beyond it the
+    dense route costs less). A residual rho bounds the eigenvalue's error by
+    rho (and, for an isolated eigenvalue, by rho^2 / gap) and the vector's
+    angle by rho / gap. A block of b > k columns finds every copy of a
+    repeated eigenvalue among the k leading (single-vector Lanczos can miss
+    copies: on benchmarks/eigensolve.py --degenerate ARPACK's eigsh returns a
+    6-fold eigenvalue 5 times, then the next one).
+
+    m must be symmetric in both triangles (the products read all of it).
+    Returns the eigenvalues (largest first, clipped at 0) and the eigenvectors
+    (n x k). Deterministic: the same matrix gives bitwise the same answer.
+    """
+    n = m.shape[0]
+    b = block if block is not None else k + 8
+    limit = max_basis if max_basis is not None else n // 3
+    if 2 * b > limit:
+        return None
+    if not (m.flags.c_contiguous or m.flags.f_contiguous):
+        m = np.ascontiguousarray(m)
+    rng = np.random.default_rng(KRYLOV_SEED)
+    cap = min(limit, 8 * b)  # grows by doubling: most solves need a few blocks
+    q = np.empty((n, cap), order="F")
+    t = np.zeros((cap, cap))
+    q[:, :b] = np.linalg.qr(rng.standard_normal((n, b)))[0]
+    start = 0
+    while True:
+        end = start + b
+        fresh, coefs, r = _extend(q[:, :end], m @ q[:, start:end])
+        t[:end, start:end] = coefs[:end]
+        t[start:end, :start] = coefs[:start].T
+        t[start:end, start:end] = (coefs[start:end] + coefs[start:end].T) / 2
+        theta, s = scipy.linalg.eigh(
+            t[:end, :end], subset_by_index=(end - k, end - 1), driver="evr", check_finite=False
+        )
+        theta, s = theta[::-1], s[:, ::-1]
+        top = max(theta[0], 0.0)
+        estimate = np.linalg.norm(r @ s[start:end], axis=0)  # |m y - theta y| of each pair
+        if estimate.max() <= tol * top:
+            break
+        if end + b > limit:
+            return None
+        if end + b > cap:
+            cap = min(2 * cap, limit)
+            grown = np.empty((n, cap), order="F")
+            grown[:, :end] = q[:, :end]
+            q, t = grown, np.pad(t, ((0, cap - t.shape[0]), (0, cap - t.shape[1])))
+        q[:, end : end + b] = fresh
+        start = end
+    y = q[:, :end] @ s
+    residual = np.linalg.norm(m @ y - y * theta, axis=0)
+    if residual.max() > check * top:
+        return None
+    return np.clip(theta, 0.0, None), y
+
+
+def _extend(q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """v = q c + w r with w orthonormal and orthogonal to q (orthonormal): (w, c, r).
+
+    Block classical Gram-Schmidt with a QR after each pass; a third pass when
+    the second one still cancels much (v nearly inside span(q), where
+    "twice is enough" needs help; w then has directions v barely has, with
+    near-zero rows in r).
+    """
+    c = q.T @ v
+    w, r = np.linalg.qr(v - q @ c)
+    for _ in range(2):
+        c2 = q.T @ w
+        w, r2 = np.linalg.qr(w - q @ c2)
+        c += c2 @ r
+        r = r2 @ r
+        if np.abs(np.diagonal(r2)).min() > 0.5:
+            break
+    return w, c, r
 
 
 def rank_bound(rank: int | float | str) -> int | None:
@@ -241,12 +377,19 @@ def dmd_from_gram(
     rank: int | float | str,
     dim: int,
     variant: str = "exact",
+    every: bool = False,
 ) -> DMDResult:
-    """DMD from X^T X (M x M), X^T Y (M x M) and X^T x0 (M x inits); X has `dim` rows."""
+    """DMD from X^T X (M x M), X^T Y (M x M) and X^T x0 (M x inits); X has `dim` rows.
+
+    every: keep every singular value also for an integer rank (leading_eigh).
+    """
     m = gxx.shape[0]
     tol = squared_tol(max(dim, m))
     lam, vr = leading_eigh(
-        gxx, lambda lam: select_rank(np.sqrt(lam), rank, tol, (dim, m)), rank_bound(rank)
+        gxx,
+        lambda lam: select_rank(np.sqrt(lam), rank, tol, (dim, m)),
+        rank_bound(rank),
+        every=every,
     )
     s_all = np.sqrt(lam)
     return dmd_from_gram_factors(s_all, vr.shape[1], vr, gxy.T @ vr, gx0, variant)
@@ -277,13 +420,18 @@ def dmd_from_covariance(
     n_pairs: int,
     cyy: np.ndarray | None = None,
     variant: str = "exact",
+    every: bool = False,
 ) -> DMDResult:
     """DMD from X X^T, Y X^T (D x D), the first lifted snapshots x0 (D x inits) and, for
-    the tls and fb variants, Y Y^T."""
+    the tls and fb variants, Y Y^T. every: keep every singular value also for an integer
+    rank (leading_eigh)."""
     d = cxx.shape[0]
     tol = squared_tol(max(d, n_pairs))
     lam, ur = leading_eigh(
-        cxx, lambda lam: select_rank(np.sqrt(lam), rank, tol, (d, n_pairs)), rank_bound(rank)
+        cxx,
+        lambda lam: select_rank(np.sqrt(lam), rank, tol, (d, n_pairs)),
+        rank_bound(rank),
+        every=every,
     )
     s_all = np.sqrt(lam)
     r = ur.shape[1]

@@ -73,6 +73,7 @@ LAYOUT = (
     ("accelerate/*.zarr", "accelerate"),
     ("prune/*/*.zarr", "prune"),
     ("monitor/*/*.zarr", "monitor"),
+    ("sensitivity/*/*.zarr", "sensitivity"),
 )
 
 

@@ -177,7 +177,8 @@ def test_all_routes_agree_on_random_data(p, steps, rank):
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_leading_eigh_is_dsyevr_for_the_vectors_it_keeps(overwrite):
-    """All eigenvalues and the leading eigenvectors, against scipy's eigh, on a PSD matrix."""
+    """every=True: all eigenvalues and the leading eigenvectors (the tridiagonal route),
+    against scipy's eigh, on a PSD matrix."""
     from conjugacy.koopman.dmd import leading_eigh
 
     rng = np.random.default_rng(12)
@@ -185,7 +186,7 @@ def test_leading_eigh_is_dsyevr_for_the_vectors_it_keeps(overwrite):
     m = a @ a.T
     ref_lam, ref_vec = scipy.linalg.eigh(m)
     ref_lam, ref_vec = np.clip(ref_lam[::-1], 0, None), ref_vec[:, ::-1]
-    lam, vec = leading_eigh(m.copy(), lambda values: 7, most=10, overwrite=overwrite)
+    lam, vec = leading_eigh(m.copy(), lambda values: 7, most=10, overwrite=overwrite, every=True)
     assert np.abs(lam - ref_lam).max() <= 1e-13 * ref_lam[0]
     assert vec.shape == (150, 7)
     np.testing.assert_allclose(np.abs(np.sum(vec * ref_vec[:, :7], axis=0)), 1.0, atol=1e-10)
@@ -509,3 +510,176 @@ def test_run_writes_spectrum_of_selected_window_and_observables(tmp_path):
     assert match_err(stored["eigenvalues"].values, TRUE) < 1e-8
     np.testing.assert_allclose(stored["eigenvalues"].values, ref.eigenvalues, atol=1e-9)
     np.testing.assert_allclose(np.abs(stored["amplitudes"].values), np.abs(ref.amplitudes))
+
+
+# --- leading eigenpairs by block Lanczos (leading_eigh with an integer rank) ------------------
+
+
+def covariance_like(n, seed, decay=3.0, pairs=None):
+    """X X^T of data (n x pairs) with a large static part, 40 modes whose singular values fall
+    by 10^-decay, and noise: the spectrum of the stage's covariance (or Gram) matrices."""
+    rng = np.random.default_rng(seed)
+    pairs = pairs or n + 30
+    s = np.logspace(0, -decay, 40)
+    x = rng.standard_normal((n, 40)) @ (s[:, None] * rng.standard_normal((40, pairs)))
+    x += 1e-4 * rng.standard_normal((n, pairs)) + 30.0 * rng.standard_normal((n, 1))
+    return x @ x.T
+
+
+def dense_leading(m, k):
+    n = m.shape[0]
+    lam, vec = scipy.linalg.eigh(m, subset_by_index=(n - k, n - 1))
+    return lam[::-1], vec[:, ::-1]
+
+
+def projector_gap(u, v):
+    """|U U^T - V V^T|_2 = |(I - U U^T) V|_2 for orthonormal U, V of equal width: the sine of
+    the largest angle between their spans (not sqrt(1 - cos^2), which cancels below 1e-8)."""
+    return float(np.linalg.norm(v - u @ (u.T @ v), ord=2))
+
+
+@pytest.mark.parametrize(
+    ("n", "rank", "decay"),
+    [
+        (300, 1, 3.0),
+        (300, 10, 3.0),
+        (1000, 3, 3.0),
+        (1000, 10, 6.0),
+        (1000, 30, 3.0),
+        (2000, 10, 3.0),
+    ],
+)
+def test_krylov_leading_eigh_matches_the_dense_solve(n, rank, decay):
+    """Block Lanczos: the leading eigenvalues within 1e-10 of dense eigh (relative to the
+    largest; in practice 1e-15), the same eigenvector subspace, residuals under the check."""
+    from conjugacy.koopman.dmd import KRYLOV_CHECK, krylov_eigh, leading_eigh
+
+    m = covariance_like(n, seed=n + rank, decay=decay)
+    ref_lam, ref_vec = dense_leading(m, rank + 1)
+    found = krylov_eigh(m, rank)
+    assert found is not None  # converged: not the dense fallback
+    lam, vec = leading_eigh(m, lambda values: rank, most=rank)
+    assert np.array_equal(lam, found[0]) and np.array_equal(vec, found[1])
+    assert lam.shape == (rank,) and vec.shape == (n, rank)
+    assert np.abs(lam - ref_lam[:rank]).max() <= 1e-10 * ref_lam[0]
+    assert np.abs(lam - ref_lam[:rank]).max() <= 1e-14 * ref_lam[0]  # what it does in practice
+    np.testing.assert_allclose(vec.T @ vec, np.eye(rank), atol=1e-13)
+    residual = np.linalg.norm(m @ vec - vec * lam, axis=0)
+    assert residual.max() <= KRYLOV_CHECK * lam[0]
+    # Each basis is within (its residual) / gap of the exact one (Davis-Kahan): as close to
+    # dense eigh's as dense eigh is to the truth (1e-12 here, 1e-8 for rank 30's small gap).
+    ref_residual = np.linalg.norm(
+        m @ ref_vec[:, :rank] - ref_vec[:, :rank] * ref_lam[:rank], axis=0
+    )
+    gap = ref_lam[rank - 1] - ref_lam[rank]
+    bound = 2 * (residual.max() + ref_residual.max()) / gap
+    assert projector_gap(vec, ref_vec[:, :rank]) <= bound
+    assert residual.max() <= 100 * ref_residual.max()  # about dense eigh's, ~1e-15 relative
+
+
+def test_krylov_leading_eigh_finds_every_copy_of_a_repeated_eigenvalue():
+    """A 6-fold eigenvalue at positions 3-8 and a tight cluster at 9-11: a rank that stops
+    inside either gets the right eigenvalues and eigenvectors inside the cluster's space."""
+    from conjugacy.koopman.dmd import krylov_eigh, leading_eigh
+
+    rng = np.random.default_rng(5)
+    n = 600
+    tight = 4.0 * (1 + 1e-9 * np.array([2.0, 1.0, 0.0]))
+    lam_true = np.concatenate([[100.0, 50.0], [10.0] * 6, tight, np.logspace(0, -8, n - 11)])
+    u = np.linalg.qr(rng.standard_normal((n, n)))[0]
+    m = (u * lam_true) @ u.T
+    m = (m + m.T) / 2
+    for rank, whole in [(5, 8), (8, 8), (10, 11), (11, 11), (2, 2)]:
+        assert krylov_eigh(m, rank) is not None
+        lam, vec = leading_eigh(m, lambda values, r=rank: r, most=rank)
+        np.testing.assert_allclose(lam, lam_true[:rank], rtol=0, atol=1e-12 * lam_true[0])
+        # inside the span of the eigenvectors up to the end of the cluster the rank cuts
+        inside = u[:, :whole].T @ vec
+        np.testing.assert_allclose(np.linalg.norm(inside, axis=0), 1.0, atol=1e-12)
+        np.testing.assert_allclose(vec.T @ vec, np.eye(rank), atol=1e-13)
+
+
+def test_krylov_leading_eigh_is_bitwise_reproducible():
+    from conjugacy.koopman.dmd import leading_eigh
+
+    m = covariance_like(500, seed=3)
+    first = leading_eigh(m, lambda values: 10, most=10)
+    again = leading_eigh(m.copy(), lambda values: 10, most=10)
+    fortran = leading_eigh(np.asfortranarray(m), lambda values: 10, most=10)
+    for a, b in [(first, again), (first, fortran)]:
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_leading_eigh_keeps_the_dense_route_for_small_or_unbounded_problems():
+    """n < 64, a bound above n / 4, or no bound: every eigenvalue (dsyevr)."""
+    from conjugacy.koopman.dmd import leading_eigh
+
+    for n, most in [(50, 5), (300, 80), (300, None)]:
+        m = covariance_like(n, seed=n)
+        ref = np.clip(np.linalg.eigvalsh(m)[::-1], 0, None)
+        lam, vec = leading_eigh(m, lambda values: 4, most=most)
+        assert lam.shape == (n,) and vec.shape == (n, 4)
+        assert np.abs(lam - ref).max() <= 1e-13 * ref[0]
+
+
+def test_leading_eigh_falls_back_to_the_tridiagonal_route(monkeypatch):
+    """When block Lanczos gives up (here forced; or its residual check fails) the dense
+    tridiagonal route answers, with the same leading `most` eigenvalues."""
+    import conjugacy.koopman.dmd as dmd
+
+    m = covariance_like(400, seed=1)
+    assert dmd.krylov_eigh(m, 10, check=0.0) is None  # residuals above 0: not accepted
+    assert dmd.krylov_eigh(m, 10, max_basis=40) is None  # a basis over 40 columns needed
+    ref_lam, ref_vec = dense_leading(m, 10)
+    monkeypatch.setattr(dmd, "krylov_eigh", lambda *args, **kwargs: None)
+    lam, vec = dmd.leading_eigh(m, lambda values: 6, most=10)
+    assert lam.shape == (10,) and vec.shape == (400, 6)
+    assert np.abs(lam - ref_lam).max() <= 1e-13 * ref_lam[0]
+    assert projector_gap(vec, ref_vec[:, :6]) <= 1e-10
+
+
+def test_leading_singular_values_give_the_same_rank_qr_switch_and_condition():
+    """select_rank's numerical-rank cap, needs_qr and condition_number need only the leading
+    `rank` singular values; with a matrix of rank 3 an integer rank 10 is capped at 3."""
+    from conjugacy.koopman.dmd import DMDError, condition_number, leading_eigh, squared_tol
+
+    rng = np.random.default_rng(9)
+    low = rng.standard_normal((400, 3)) * [30.0, 1.0, 1e-3]
+    tol = squared_tol(430)
+    for m in (covariance_like(400, seed=2), low @ low.T):
+        for rank in (1, 4, 10):
+            s_all = np.sqrt(np.clip(np.linalg.eigvalsh(m)[::-1], 0, None))
+            lam, vec = leading_eigh(
+                m, lambda values, r=rank: select_rank(np.sqrt(values), r, tol), most=rank
+            )
+            s = np.sqrt(lam)
+            assert s.shape == (rank,)
+            assert vec.shape[1] == select_rank(s_all, rank, tol)
+            assert needs_qr(s, rank) == needs_qr(s_all, rank)
+            if s_all[rank - 1] > tol * s_all[0]:  # else both are rounding noise, needs_qr
+                np.testing.assert_allclose(
+                    condition_number(s, rank), condition_number(s_all, rank), rtol=1e-6
+                )
+    assert leading_eigh(low @ low.T, lambda values: 3, most=10)[1].shape == (400, 3)
+    with pytest.raises(DMDError, match="zero"):
+        leading_eigh(np.zeros((200, 200)), lambda values: select_rank(values, 5, 1e-8), most=5)
+
+
+def test_every_keeps_all_singular_values_for_an_integer_rank():
+    """dmd_from_covariance: the leading `rank` singular values by default, all with every."""
+    rng = np.random.default_rng(4)
+    y = observations(4, 40, 3, 80)[2] + 1e-3 * rng.standard_normal((3, 80, 40))
+    lifted = lift(y, 4)  # 200 lifted values, 3 x 75 = 225 snapshots
+    x, yy = pairs_of(lifted)
+    xs, ys = x.T, yy.T
+    args = (xs @ xs.T, ys @ xs.T, lifted[:, 0].T, 6, xs.shape[1])
+    short = dmd_from_covariance(*args)
+    full = dmd_from_covariance(*args, every=True)
+    assert short.singular_values.shape == (6,) and full.singular_values.shape == (200,)
+    np.testing.assert_allclose(
+        short.singular_values,
+        full.singular_values[:6],
+        rtol=0,
+        atol=1e-12 * full.singular_values[0],
+    )
+    assert match_err(short.eigenvalues, full.eigenvalues) <= 1e-10

@@ -1,0 +1,179 @@
+"""The calibration suite, small: verdicts on simulated experiments whose answer is known.
+
+The families of benchmarks/calibration.py (docs/calibration.md), 20
+experiments each at 5 seeds per condition, through the same path as the
+workflow (conjugacy.spectrum, then conjugacy.compare with the default verdict
+options; at 5 + 5 seeds the permutation test is exact). The random streams
+are those of the full run: these are its first 20 experiments at 5 seeds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import binom
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location(
+        "calibration", REPO / "benchmarks" / "calibration.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+cal = _load()
+
+EXPERIMENTS = 20
+SEEDS = [5]
+OPTIONS = {"permutations": cal.PERMUTATIONS}
+ALPHA = cal.ALPHA
+# A calibrated verdict (false "not conjugate" at rate <= alpha) gives more than this many of
+# 20 with probability below 0.005: 4 of 20 (the rate alpha plus a binomial margin).
+MAX_FALSE = int(binom.ppf(0.995, EXPERIMENTS, ALPHA))
+
+
+def family(name: str) -> cal.Family:
+    every = [*cal.families(0.01), cal.decay(0.0, "power"), *cal.diagnostics()]
+    return next(f for f in every if f.name == name)
+
+
+def verdicts(name: str, experiments: int = EXPERIMENTS) -> pd.Series:
+    table = cal.run_family(family(name), experiments, SEEDS, OPTIONS, cal.SEED)
+    return table.set_index("experiment")["verdict"]
+
+
+def test_max_false_is_alpha_plus_a_binomial_margin():
+    assert MAX_FALSE == 4
+    assert binom.sf(MAX_FALSE, EXPERIMENTS, ALPHA) < 0.005
+
+
+def test_simulators_give_init_step_value_arrays():
+    rng = np.random.default_rng(0)
+    for name, shape in [
+        ("linear-maps", (cal.INITS, cal.STEPS, 4)),
+        ("extra-mode", (cal.INITS, cal.STEPS, 6)),
+        ("omd-ogd", (9, cal.TOY_STEPS, 2)),
+    ]:
+        fam = family(name)
+        for sim in (fam.a, fam.b):
+            x = sim(rng)
+            assert x.shape == shape
+            assert np.isfinite(x).all()
+
+
+def test_maps_are_orthogonal_and_well_conditioned():
+    rng = np.random.default_rng(1)
+    q = cal.orthogonal(6, 4, rng)
+    np.testing.assert_allclose(q.T @ q, np.eye(4), atol=1e-12)
+    s = np.linalg.svd(cal.invertible(4, rng), compute_uv=False)
+    assert 0.5 - 1e-12 <= s.min() and s.max() <= 2 + 1e-12
+
+
+def test_system_has_the_eigenvalues_asked_for():
+    lam = np.linalg.eigvals(cal.system(cal.BASE))
+    want = [r * np.exp(s * 1j * t) for r, t in cal.BASE for s in (1, -1)]
+    np.testing.assert_allclose(np.sort_complex(lam), np.sort_complex(np.array(want)), atol=1e-12)
+
+
+def test_ogd_seen_in_x_starts_where_omd_starts():
+    """start: omd, the same stream: OGD's u0 is log of OMD's x0, jitter included."""
+    omd = cal.toy("omd")(np.random.default_rng(3))
+    ogd_x = cal.toy("ogd", np.exp)(np.random.default_rng(3))
+    # Both carry 1% noise of their own RMS; the clean starts are equal.
+    np.testing.assert_allclose(omd[:, 0], ogd_x[:, 0], atol=0.1)
+
+
+def test_null_pair_stays_clear_of_not_conjugate_and_a_shift_does_not():
+    """Five experiments each: same design on both sides vs a decay shift of 0.01."""
+    null, shifted = verdicts("power", 5), verdicts("decay", 5)
+    assert (null != "not conjugate").all()
+    assert (shifted == "not conjugate").all()
+
+
+def test_rates_have_exact_binomial_intervals():
+    df = pd.DataFrame(
+        {
+            "group": "main",
+            "family": ["f"] * 20,
+            "known_conjugate": True,
+            "delta": np.nan,
+            "seeds": 5,
+            "experiment": range(20),
+            "ratio": np.linspace(0.8, 1.2, 20),
+            "p_value": [0.01, 0.04] + [0.5] * 18,
+            "verdict": ["conjugate"] * 19 + ["inconclusive"],
+        }
+    )
+    row = cal.rates(df).iloc[0]
+    assert row["experiments"] == 20 and row["not conjugate"] == 0
+    assert row["not conjugate low"] == 0
+    assert row["not conjugate high"] == pytest.approx(0.1684, abs=1e-4)  # 1 - 0.025^(1/20)
+    assert row["conjugate"] == pytest.approx(0.95)
+    assert row["p < alpha"] == pytest.approx(0.1)  # the permutation test alone
+
+
+def test_auroc_counts_ties_as_one_half():
+    assert cal.auroc(np.array([2.0, 3.0]), np.array([1.0, 1.5])) == 1.0
+    assert cal.auroc(np.array([1.0]), np.array([1.0])) == 0.5
+    assert cal.auroc(np.array([1.0, 3.0]), np.array([2.0])) == 0.5
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, pd.DataFrame]:
+    names = [
+        "linear-maps",
+        "power",
+        "omd-ogd, both in x",
+        "nonlinear-coords, c 0.001",
+        "decay",
+        "rotation",
+        "extra-mode",
+    ]
+    return {n: cal.run_family(family(n), EXPERIMENTS, SEEDS, OPTIONS, cal.SEED) for n in names}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["linear-maps", "power", "omd-ogd, both in x", "nonlinear-coords, c 0.001"]
+)
+def test_false_not_conjugate_rate_is_at_most_alpha_plus_margin(results, name):
+    """Conjugate pairs seen in the same (or linearly related) coordinates."""
+    false = int((results[name]["verdict"] == "not conjugate").sum())
+    assert false <= MAX_FALSE, f"{name}: {false} of {EXPERIMENTS} called not conjugate"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["decay", "rotation", "extra-mode"])
+def test_clearly_different_spectra_are_rarely_called_conjugate(results, name):
+    got = results[name]["verdict"]
+    assert (got == "conjugate").sum() <= 1
+    assert (got == "not conjugate").sum() >= 16  # power at least 80%
+
+
+@pytest.mark.slow
+def test_ratio_ranks_non_conjugate_above_conjugate_pairs(results):
+    conj = np.concatenate([results[n]["ratio"] for n in ("linear-maps", "power")])
+    other = np.concatenate([results[n]["ratio"] for n in ("decay", "rotation", "extra-mode")])
+    assert cal.auroc(other, conj) >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="known limitation (docs/calibration.md): DMD spectra of one system in nonlinearly "
+    "related observables differ by more than the seed-to-seed spread",
+    strict=False,
+)
+@pytest.mark.parametrize("name", ["nonlinear-coords", "omd-ogd"])
+def test_conjugate_in_nonlinearly_related_coordinates(name):
+    false = int((verdicts(name) == "not conjugate").sum())
+    assert false <= MAX_FALSE, f"{name}: {false} of {EXPERIMENTS} called not conjugate"
