@@ -23,6 +23,7 @@ include: "workflow/rules/companion.smk"
 include: "workflow/rules/prune.smk"
 include: "workflow/rules/monitor.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/sensitivity.smk"
 
 
 localrules:

@@ -139,7 +139,6 @@ def cmd_train(args: argparse.Namespace) -> None:
             )
         cond = cfg["conditions"][args.condition]
         experiment = cfg["experiment"]
-    cond = {k: v for k, v in cond.items() if k != "seeds_per_job"}  # how jobs run, not what
     dirs = args.checkpoint_dir
     if len(args.output) != len(args.seed) or (dirs and len(dirs) != len(args.seed)):
         raise ConfigError(
@@ -796,18 +795,28 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
         "koopman", args.koopman, lambda key: f"option --koopman key {key or '<top level>'}"
     )
     opts = KoopmanOptions.from_settings({**koopman, "modes": False}, readahead=args.readahead)
-    label = {k: getattr(args, k) for k in ("condition", "seed") if getattr(args, k) is not None}
-    write_sensitivity(
-        args.trajectory,
-        args.output,
-        opts,
-        grid["delays"],
-        grid["ranks"],
-        skip_diverged=args.skip_diverged,
-        max_memory=args.max_memory,
-        label=label,
-    )
-    log.info("wrote %s: delays %s x ranks %s", args.output, grid["delays"], grid["ranks"])
+    outs, stores, seeds = args.output, args.trajectory, args.seed or [None] * len(args.output)
+    if not args.each and len(outs) > 1:
+        raise ConfigError(f"{len(outs)} outputs (-o) pool one grid: give one, or --each")
+    if len(stores) % len(outs) or len(seeds) != len(outs):
+        raise ConfigError(
+            f"--each: {len(stores)} trajectory stores and {len(seeds)} --seed labels do not "
+            f"split evenly over {len(outs)} outputs (-o)"
+        )
+    per = len(stores) // len(outs)  # consecutive stores pooled into each grid
+    for i, (out, seed) in enumerate(zip(outs, seeds, strict=True)):
+        label = {"condition": args.condition, "seed": seed}
+        write_sensitivity(
+            stores[i * per : (i + 1) * per] if args.each else stores,
+            out,
+            opts,
+            grid["delays"],
+            grid["ranks"],
+            skip_diverged=args.skip_diverged,
+            max_memory=args.max_memory,
+            label={k: v for k, v in label.items() if v is not None},
+        )
+        log.info("wrote %s: delays %s x ranks %s", out, grid["delays"], grid["ranks"])
 
 
 def cmd_sensitivity_report(args: argparse.Namespace) -> None:
@@ -830,11 +839,26 @@ def _add_sensitivity(sub) -> None:
         "trajectory",
         type=Path,
         nargs="+",
-        help="trajectory store(s); several are pooled as the inits of one DMD",
+        help="trajectory store(s); several are pooled as the inits of one DMD (see --each)",
     )
-    se.add_argument("-o", "--output", type=Path, required=True, help="grid store to write")
-    se.add_argument("--condition", type=_name, help="label the store with this condition")
-    se.add_argument("--seed", type=_seed, help="label the store with this seed")
+    se.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="grid store to write (several with --each)",
+    )
+    se.add_argument(
+        "--each",
+        action="store_true",
+        help="one grid per output, one after another in this process: the stores are split "
+        "into as many equal consecutive groups as outputs (each group pooled)",
+    )
+    se.add_argument("--condition", type=_name, help="label the stores with this condition")
+    se.add_argument(
+        "--seed", type=_seed, nargs="+", help="label the store with this seed (one per output)"
+    )
     _settings_option(se, "sensitivity")
     se.add_argument(
         "--koopman",

@@ -33,6 +33,7 @@ STAGE_ENTRIES: dict[str, tuple[str, ...]] = {
     "predict_summary": ("conjugacy.beyond.predict",),
     "prune": ("conjugacy.beyond.prune",),
     "monitor": ("conjugacy.beyond.monitor",),
+    "sensitivity": ("conjugacy.beyond.sensitivity",),
 }
 
 

@@ -28,6 +28,7 @@ SITE = Path(__file__).parent / "site"
 TINY = {
     "experiment": "tiny",
     "seeds": [0, 1],
+    "seeds_per_job": 1,  # one job per seed: the bundling below counts them
     "compare": {"pairs": [["narrow", "wide"]], "permutations": 99},
     "conditions": {
         "omd": {"system": "omd", "steps": 30, "koopman": {"delays": 2}},
@@ -53,6 +54,7 @@ TINY = {
 FAILING = {
     "experiment": "failing",
     "seeds": [0, 1],
+    "seeds_per_job": 1,
     "compare": {"permutations": 99},
     "conditions": {
         "omd": {"system": "omd", "steps": 30, "koopman": {"delays": 2}},

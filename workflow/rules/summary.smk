@@ -19,7 +19,8 @@ rule summary:
         # The resolved config as a shell word: a changed setting rewrites the summary.
         spec=lambda wildcards: shell_json(CONFIG),
         benchmarks=f"{RESULTS}/benchmarks",
+        sensitivity=sensitivity_summary_option(),
         code=stage_code("summary"),
     shell:
         CONJUGACY + " summary --spec {params.spec} --verdicts {input.verdicts}"
-        " --benchmarks {params.benchmarks} -o {output} 2> {log}"
+        " --benchmarks {params.benchmarks} {params.sensitivity} -o {output} 2> {log}"

@@ -13,7 +13,7 @@ from conjugacy.config.checks import (
     check_prune_section,
     check_verdict_options,
 )
-from conjugacy.config.shapes import CNN_LAST_LAYER
+from conjugacy.config.shapes import CNN_LAST_LAYER, DATASET_DIRS
 from conjugacy.config.validation import (
     cached_schema,
     check_values,
@@ -48,6 +48,8 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
         fill_defaults(cond, sch, root)
         if cond["system"] == "cnn":  # the default observable: the architecture's last layer
             cond.setdefault("record", [CNN_LAST_LAYER[cond["arch"]]])
+        if cond.get("dataset") in DATASET_DIRS and not cond.get("data_dir"):
+            cond["data_dir"] = DATASET_DIRS[cond["dataset"]]  # where a system package puts it
         cond.setdefault("seeds", list(cfg["seeds"]))
         cond["koopman"] = {**cfg["koopman"], **own_koopman}
         check_condition(name, cond)
@@ -65,7 +67,7 @@ def resolve(raw: dict[str, Any]) -> dict[str, Any]:
     return cfg
 
 
-NOT_TRAINING = ("koopman", "seeds", "gpus", "companion")
+NOT_TRAINING = ("koopman", "seeds", "gpus", "companion", "seeds_per_job")  # how jobs run
 
 
 def training_config(cond: dict[str, Any]) -> dict[str, Any]:

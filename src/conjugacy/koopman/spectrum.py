@@ -123,19 +123,35 @@ def gram_route(
     X^T Y is never formed: Y^T X V_r is summed block by block from the
     lifted Gram's views.
     """
-    n, t = obs.inits, obs.n_steps
-    m = t - delays  # lifted snapshots per init
+    h = lift_gram_inplace(accumulate_gram(obs, be), obs.inits, obs.n_steps, delays)
+    return gram_dmds(h, [rank], dim, variant)[0]  # h: an (n, m, n, m) view
+
+
+def gram_dmds(
+    h: np.ndarray, ranks: list[int | float | str], dim: int, variant: str = "exact"
+) -> list[DMDResult]:
+    """One DMD per rank from the lifted Gram h (inits, m, inits, m), by one eigensolve.
+
+    The eigensolve keeps the eigenvectors the largest rank asks for (every
+    one when a rank has no bound known beforehand); each rank takes the
+    leading columns of them and of Y^T X V.
+    """
+    n, m = h.shape[0], h.shape[1]
     k = m - 1  # pairs per init
-    h = lift_gram_inplace(accumulate_gram(obs, be), n, t, delays)  # (n, m, n, m) view
     size = n * k
     gxx = np.empty((n, k, n, k))
     gxx[...] = h[:, :k, :, :k]
     gx0 = h[:, :k, :, 0].reshape(size, n)  # X^T x0: the first lifted snapshot of each init
     tol = squared_tol(max(dim, size))
+
+    def pick(lam: np.ndarray, rank: int | float | str) -> int:
+        return select_rank(np.sqrt(lam), rank, tol, (dim, size))
+
+    bounds = [rank_bound(rank) for rank in ranks]
     lam, vr = leading_eigh(
         gxx.reshape(size, size),
-        lambda lam: select_rank(np.sqrt(lam), rank, tol, (dim, size)),
-        rank_bound(rank),
+        lambda lam: max(pick(lam, rank) for rank in ranks),
+        None if None in bounds else max(bounds),
         overwrite=True,
     )
     del gxx
@@ -147,12 +163,18 @@ def gram_route(
     for a in range(n):  # Y^T X V_r: rows at y positions (t >= 1), columns at x positions
         for b in range(n):
             ytxv[a] += h[a, 1:, b, :k] @ v4[b]
-    return dmd_from_gram_factors(s_all, r, vr, ytxv.reshape(size, r), gx0, variant)
+    ytxv = ytxv.reshape(size, r)
+    kept = [pick(lam, rank) for rank in ranks]
+    return [dmd_from_gram_factors(s_all, q, vr[:, :q], ytxv[:, :q], gx0, variant) for q in kept]
 
 
 def lag_products(
-    obs: Observable, delays: int, be: Backend | None = None, budget: int = BUDGET
-) -> tuple[np.ndarray, np.ndarray]:
+    obs: Observable,
+    delays: int,
+    be: Backend | None = None,
+    budget: int = BUDGET,
+    keep_tail: bool = False,
+) -> tuple[np.ndarray, ...]:
     """Lagged sums B(a, b) = sum over inits and t < k of s_(t+a) s_(t+b)^T, a, b in 0..d+1.
 
     With d delays the lifted snapshot is x_t = [s_t, ..., s_(t+d)], so every
@@ -161,7 +183,8 @@ def lag_products(
     B(a, a + l) by removing the pair at the head and adding the one at the
     tail: (d + 2) instead of (d + 2)^2 products of the data, each term added
     or removed once, so rounding is that of direct summation. Returns B as
-    ((d + 2), p, (d + 2), p) float64 and the first d + 1 snapshots (inits, d + 1, p).
+    ((d + 2), p, (d + 2), p) float64 and the first d + 1 snapshots (inits, d + 1, p);
+    with `keep_tail` also the last d + 1 (what a smaller delay's B adds).
     """
     be = be or NumpyBackend()
     t, lags = obs.n_steps, delays + 2
@@ -189,7 +212,7 @@ def lag_products(
         for lag in range(lags - a - 1):  # step to B(a + 1, a + 1 + l): head pair out, tail in
             diag[lag] -= head[:, a].T @ head[:, a + lag]
             diag[lag] += tail[:, a].T @ tail[:, a + lag]
-    return out, head
+    return (out, head, tail) if keep_tail else (out, head)
 
 
 def covariance_route(
@@ -201,13 +224,20 @@ def covariance_route(
     be: Backend | None = None,
 ) -> DMDResult:
     """D <= M: X X^T, Y X^T (and Y Y^T for tls, fb) of the lifted pairs, from lag products."""
-    b, head = lag_products(obs, delays, be)
-    d = (delays + 1) * b.shape[1]
+    cxx, cyx, cyy, x0 = covariances(*lag_products(obs, delays, be), variant)
+    return dmd_from_covariance(cxx, cyx, x0, rank, n_pairs, cyy=cyy, variant=variant)
+
+
+def covariances(
+    b: np.ndarray, head: np.ndarray, variant: str = "exact"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """X X^T, Y X^T, Y Y^T (tls and fb only, else None) and x0 from lag products and head."""
+    d = (b.shape[0] - 1) * b.shape[1]
     cxx = b[:-1, :, :-1].reshape(d, d)
     cyx = b[1:, :, :-1].reshape(d, d)
     cyy = b[1:, :, 1:].reshape(d, d) if variant != "exact" else None
     x0 = head.reshape(head.shape[0], d).T.copy()  # first lifted snapshot of each init
-    return dmd_from_covariance(cxx, cyx, x0, rank, n_pairs, cyy=cyy, variant=variant)
+    return cxx, cyx, cyy, x0
 
 
 def qr_tall_route(

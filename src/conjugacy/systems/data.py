@@ -1,4 +1,4 @@
-"""Datasets the nets train on: scikit-learn's digits (offline), MNIST (IDX), CIFAR-10 (pickles).
+"""Datasets the nets train on: digits (offline), MNIST and Fashion-MNIST (IDX), CIFAR-10.
 
 Data files are input from outside: every problem with one raises DatasetError (a
 ConfigError, so the command line reports it in one line and exits 2), naming the
@@ -11,6 +11,7 @@ operation budget.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import importlib.util
 import math
@@ -21,18 +22,22 @@ import stat
 import struct
 import sys
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from conjugacy.config import ConfigError
-from conjugacy.config.shapes import DATASET_FILES
+from conjugacy.config.shapes import DATASET_DIRS, DATASET_FILES
 
 # IDX type codes (the third byte of the magic number) and their big-endian dtypes.
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 IDX_MAX_DIMS = 16
 IDX_MAX_BYTES = 2 << 30  # the data an IDX file may declare (MNIST's training images: 47 MB)
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081  # the usual normalisation, as the reference
+FASHION_MEAN, FASHION_STD = 0.2860, 0.3530  # Fashion-MNIST's training set, pixel / 255
+# The normalisation (mean, std of pixel / 255) of each dataset read from IDX files.
+IDX_NORMALISATION = {"mnist": (MNIST_MEAN, MNIST_STD), "fashion_mnist": (FASHION_MEAN, FASHION_STD)}
 MNIST_SIDE = 28
 # The usual per-channel normalisation of CIFAR-10 (training-set mean and std).
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -243,12 +248,13 @@ def read_idx(path: str | Path) -> np.ndarray:
         return _idx_data(f, dtype, dims)
 
 
-def read_mnist(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray]:
+def read_mnist(data_dir: str | Path, name: str = "mnist") -> tuple[np.ndarray, np.ndarray]:
     """MNIST's training images (uint8 (n, 28, 28)) and labels (n,), both checked.
 
     Both headers are read and checked against each other before any data.
+    Fashion-MNIST (name "fashion_mnist") has the same files in the same format.
     """
-    images_path, labels_path = (_find(Path(data_dir), f) for f in DATASET_FILES["mnist"])
+    images_path, labels_path = (_find(Path(data_dir), f) for f in DATASET_FILES[name])
     with (
         _DataFile(images_path, what="an IDX file") as fi,
         _DataFile(labels_path, what="an IDX file") as fl,
@@ -649,24 +655,63 @@ def read_digits() -> tuple[np.ndarray, np.ndarray]:
     return table[:, :-1], table[:, -1].astype(np.int64)
 
 
+_CACHE: dict | None = None  # {(name, data_dir): read-only (x, y)} inside `cached_datasets()`
+
+
+@contextlib.contextmanager
+def cached_datasets() -> Iterator[None]:
+    """Within: each (dataset, data_dir) is read once (a block of seeds trains in one process)."""
+    global _CACHE
+    outer, _CACHE = _CACHE, ({} if _CACHE is None else _CACHE)
+    try:
+        yield
+    finally:
+        _CACHE = outer
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(features float32 (n, d), labels int64 (n,)), features standardised."""
+    """(features float32 (n, d), labels int64 (n,)), features standardised: see _read_dataset.
+
+    Inside `cached_datasets()` a dataset read before is copied from memory.
+    """
+    if _CACHE is None:
+        return _read_dataset(name, data_dir)
+    key = (name, None if data_dir is None else str(data_dir))
+    if key not in _CACHE:
+        x, y = _read_dataset(name, data_dir)
+        x.flags.writeable = y.flags.writeable = False
+        _CACHE[key] = x, y
+    x, y = _CACHE[key]
+    return x.copy(), y.copy()
+
+
+def _read_dataset(name: str, data_dir: str | Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(features float32 (n, d), labels int64 (n,)), features standardised.
+
+    Without a data_dir, a dataset with a default folder (DATASET_DIRS:
+    fashion_mnist) is read from there.
+    """
     if name == "digits":
         pixels, labels = read_digits()
         x = pixels / 16.0
         x = (x - x.mean()) / x.std()
         return x.astype(np.float32), labels
     if name not in DATASET_FILES:
-        raise DatasetError(f"unknown dataset {name!r}; expected 'digits', 'mnist' or 'cifar10'")
+        raise DatasetError(
+            f"unknown dataset {name!r}; expected 'digits', 'mnist', 'fashion_mnist' or 'cifar10'"
+        )
+    if data_dir is None:
+        data_dir = DATASET_DIRS.get(name)
     if data_dir is None:
         files = ", ".join(DATASET_FILES[name])
         raise DatasetError(f"dataset {name} needs a data_dir holding {files}")
-    if name == "mnist":
-        images, labels = read_mnist(data_dir)
+    if name in IDX_NORMALISATION:
+        images, labels = read_mnist(data_dir, name)
+        mean, std = IDX_NORMALISATION[name]
         flat = images.reshape(len(images), -1)
         x = np.empty(flat.shape, dtype=np.float32)
         for start in range(0, len(flat), 10_000):  # float64 of 10000 images at a time
             part = flat[start : start + 10_000].astype(np.float64)
-            x[start : start + 10_000] = (part / 255.0 - MNIST_MEAN) / MNIST_STD
+            x[start : start + 10_000] = (part / 255.0 - mean) / std
         return x, labels.astype(np.int64)
     return load_cifar10(data_dir)

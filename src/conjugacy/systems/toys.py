@@ -4,6 +4,12 @@ Online mirror descent with the log-barrier regulariser and online gradient
 descent on x = exp(u) are conjugate; the bisection method is the
 non-conjugate control. All initial conditions of a seed advance together as
 one (inits, 2) float64 array.
+
+OGD's initial conditions are either its own grid in u (`start: grid`, the
+paper's: uniform in u, so geometric in x) or OMD's (`start: omd`): the grid is
+then in x and is jittered and boxed exactly as an omd condition with the same
+seed, grid, jitter and domain does, and u0 = log x0, so that the two
+conditions' orbits correspond through x = exp(u).
 """
 
 from __future__ import annotations
@@ -33,8 +39,20 @@ def jittered_grid(grid: dict[str, Any], jitter: float, rng: np.random.Generator)
     return points + jitter * spacing * rng.uniform(-1.0, 1.0, size=points.shape)
 
 
+def boxed_grid(
+    grid: dict[str, Any], jitter: float, rng: np.random.Generator, low: float, high: float
+) -> np.ndarray:
+    """The jittered grid clipped to the box [low, high]^2: a seed's initial conditions."""
+    return np.clip(jittered_grid(grid, jitter, rng), low, high)
+
+
 class Toy:
-    """One toy optimizer over all its initial conditions; `x` is its own iterate."""
+    """One toy optimizer over all its initial conditions; `x` is its own iterate.
+
+    `x0` holds the initial conditions in OMD's coordinates x (for OGD, whose
+    iterate is u, exactly the OMD points it starts from with `start: omd`, else
+    exp(u0); for bisection the first midpoints).
+    """
 
     def __init__(self, cond: dict[str, Any], seed: int) -> None:
         self.cond = cond
@@ -45,12 +63,21 @@ class Toy:
             self.a = jittered_grid(cond["grid_a"], jitter, rng)
             self.b = jittered_grid(cond["grid_b"], jitter, rng)
             self.x = (self.a + self.b) / 2
-        else:
+            self.x0 = self.x.copy()
+        elif system == "omd":
+            self.low, self.high = cond["domain"]
+            self.x = boxed_grid(cond["grid"], jitter, rng, self.low, self.high)
+            self.x0 = self.x.copy()
+        else:  # ogd, on u = log x and the box log(K)
             low, high = cond["domain"]
-            if system == "ogd":
-                low, high = np.log(low), np.log(high)
-            self.low, self.high = low, high
-            self.x = np.clip(jittered_grid(cond["grid"], jitter, rng), low, high)
+            self.low, self.high = np.log(low), np.log(high)
+            if cond.get("start", "grid") == "omd":
+                # The very draws of the omd condition: same rng, grid, jitter, box in x.
+                self.x0 = boxed_grid(cond["grid"], jitter, rng, low, high)
+                self.x = np.log(self.x0)
+            else:
+                self.x = boxed_grid(cond["grid"], jitter, rng, self.low, self.high)
+                self.x0 = np.exp(self.x)
         self.inits = self.x.shape[0]
 
     def snapshot(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:

@@ -1,5 +1,7 @@
 """Stage 1: train one (condition, seed) with all its inits and record the trajectory.
 
+`train_block` trains a block of seeds of one condition in one process.
+
 The store is built in a working directory outside the declared output
 (Snakemake deletes a declared output before a job runs), next to a
 checkpoint of the training state taken every `checkpoint_every` steps
@@ -196,3 +198,40 @@ def train(
     os.replace(work / STORE, out)
     checkpoint.release(work)
     return out
+
+
+def train_block(
+    cond: dict[str, Any],
+    seeds: list[int],
+    outs: list[str | Path],
+    experiment: str = "",
+    condition: str = "",
+    progress: bool = True,
+    checkpoint_dirs: list[str | Path | None] | None = None,
+) -> list[Path]:
+    """Train a block of seeds of one condition in this process, one after another.
+
+    Each seed runs exactly as `train` alone would (its own system, generator,
+    checkpoints and store), so its store is the same bit for bit; the block
+    shares only what a process start costs: the imports (torch) and the
+    dataset (cached by `load_dataset`). Every output and working directory is
+    claimed before the first seed trains. A failed seed stops the block.
+    """
+    outs = [Path(out) for out in outs]
+    dirs = list(checkpoint_dirs) if checkpoint_dirs else [None] * len(seeds)
+    if not len(seeds) == len(outs) == len(dirs):
+        raise ConfigError(
+            f"a block of {len(seeds)} seeds needs as many outputs ({len(outs)} given) "
+            f"and checkpoint directories ({len(dirs)} given)"
+        )
+    if len(set(seeds)) != len(seeds) or len(set(outs)) != len(outs):
+        raise ConfigError(f"a block lists a seed or an output twice: seeds {seeds}")
+    for out, work in zip(outs, dirs, strict=True):  # before any work
+        claim_output(out, "trajectory", inputs=[working_dir(out, work)])
+    from conjugacy.systems.data import cached_datasets
+
+    with cached_datasets():
+        return [
+            train(cond, seed, out, experiment, condition, progress, work)
+            for seed, out, work in zip(seeds, outs, dirs, strict=True)
+        ]

@@ -19,8 +19,11 @@ import yaml
 
 from conjugacy import config
 from conjugacy.cli import main
+from conjugacy.config.shapes import DATASET_DIRS
 from conjugacy.systems import data
 from conjugacy.systems.data import (
+    FASHION_MEAN,
+    FASHION_STD,
     MNIST_MEAN,
     MNIST_STD,
     DatasetError,
@@ -31,6 +34,11 @@ from conjugacy.systems.data import (
 from conjugacy.training.train import train
 
 IMAGES, LABELS = "train-images-idx3-ubyte", "train-labels-idx1-ubyte"
+FASHION_DIR = Path(DATASET_DIRS["fashion_mnist"])
+needs_fashion = pytest.mark.skipif(
+    not all((FASHION_DIR / f"{name}.gz").is_file() for name in (IMAGES, LABELS)),
+    reason=f"Fashion-MNIST is not in {FASHION_DIR} (apt-get install dataset-fashion-mnist)",
+)
 
 
 def idx_bytes(array: np.ndarray, code: int = 0x08) -> bytes:
@@ -247,6 +255,38 @@ def test_images_must_be_28_by_28_bytes(tmp_path, images, code, message):
     write_idx(folder / IMAGES, images, code)
     got = refused(load_dataset, "mnist", folder)
     assert str(folder / IMAGES) in got and re.search(message, got), got
+
+
+def test_fashion_mnist_reads_mnists_files_with_its_own_normalisation(tmp_path):
+    folder = tiny_mnist(tmp_path / "fashion", n=5, gz=True)
+    x, y = load_dataset("fashion_mnist", folder)
+    images = read_idx(folder / f"{IMAGES}.gz")
+    reference = (images.reshape(5, -1).astype(np.float64) / 255.0 - FASHION_MEAN) / FASHION_STD
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    assert np.array_equal(x, reference.astype(np.float32))
+    assert np.array_equal(y, read_idx(folder / f"{LABELS}.gz"))
+    # mnist's own normalisation is untouched
+    x_mnist, _ = load_dataset("mnist", folder)
+    assert not np.array_equal(x, x_mnist)
+
+
+def test_fashion_mnist_without_data_dir_reads_its_default_folder(tmp_path, monkeypatch):
+    folder = tiny_mnist(tmp_path / "fashion", n=3)
+    monkeypatch.setitem(DATASET_DIRS, "fashion_mnist", str(folder))
+    x, y = load_dataset("fashion_mnist")
+    assert x.shape == (3, 784) and y.shape == (3,)
+    monkeypatch.setitem(DATASET_DIRS, "fashion_mnist", str(tmp_path / "nowhere"))
+    assert f"has no {IMAGES}" in refused(load_dataset, "fashion_mnist", None)
+
+
+@needs_fashion
+def test_fashion_mnist_from_debians_package_loads_standardised():
+    x, y = load_dataset("fashion_mnist")  # its default folder
+    assert x.shape == (60000, 784) and x.dtype == np.float32
+    assert y.shape == (60000,) and y.dtype == np.int64
+    assert np.array_equal(np.bincount(y), np.full(10, 6000))  # 6000 images per class
+    mean, std = x.mean(dtype=np.float64), x.std(dtype=np.float64)
+    assert abs(mean) < 1e-3 and abs(std - 1.0) < 1e-3, (mean, std)
 
 
 def test_mnist_without_its_files_or_data_dir_is_refused(tmp_path):

@@ -1,4 +1,5 @@
 # Input functions and settings of the koopman stage (rules in ../koopman.smk).
+from types import SimpleNamespace
 
 
 def store_mb(path):
@@ -51,3 +52,40 @@ def stores_fingerprint(wildcards, input):
                 stat = path.stat()
                 digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()[:16]
+
+
+def koopman_blocks():
+    """(condition, seeds, block number) of every Koopman job: the blocks of seed_blocks."""
+    return [
+        (condition, block, k)
+        for condition in CONDITIONS
+        for k, block in enumerate(seed_blocks(condition))
+    ]
+
+
+def koopman_block_input(wildcards, block):
+    """The stores of a block's spectra, seed after seed (each seed's koopman_input, pooled)."""
+    counts = set()
+    stores = []
+    for seed in block:
+        own = koopman_input(
+            SimpleNamespace(condition=wildcards.condition, seed=str(seed))
+        )
+        counts.add(len(own))
+        stores += own
+    if len(counts) > 1:  # koopman --each splits the stores evenly over the outputs
+        raise WorkflowError(
+            f"condition {wildcards.condition}: its seeds have different numbers of stores"
+        )
+    return stores
+
+
+def koopman_block_mem_mb(input, seeds, attempt):
+    """Memory of a Koopman block job: 1 GB plus twice its largest seed's stores, per attempt.
+
+    The seeds' spectra are computed one after another: the largest one counts.
+    """
+    sizes = [store_mb(path) for path in input]
+    per = len(sizes) // seeds
+    largest = max(sum(sizes[i * per : (i + 1) * per]) for i in range(seeds))
+    return attempt * (1000 + 2 * round(largest))

@@ -15,3 +15,29 @@ def train_gpus(wildcards):
 def train_group(wildcards):
     """Cluster job group of a training job: GPU and CPU jobs are bundled apart."""
     return "train_gpu" if train_gpus(wildcards) else "train"
+
+
+def seeds_per_job(condition):
+    """Seeds one training or Koopman job of a condition runs: its own, else the experiment's."""
+    return CONDITIONS[condition].get("seeds_per_job", CONFIG["seeds_per_job"])
+
+
+def seed_blocks(condition):
+    """Fixed blocks of the sorted seeds: block k = sorted_seeds[k*B:(k+1)*B]."""
+    ordered, size = sorted(seeds(condition)), seeds_per_job(condition)
+    return [ordered[start : start + size] for start in range(0, len(ordered), size)]
+
+
+def block_label(block):
+    """A block's name in log and benchmark paths: seed3, or seed0-4 (first-last)."""
+    return f"seed{block[0]}" if len(block) == 1 else f"seed{block[0]}-{block[-1]}"
+
+
+def train_blocks():
+    """(condition, seeds, block number) of every training job; external conditions train none."""
+    return [
+        (condition, block, k)
+        for condition, cond in CONDITIONS.items()
+        if cond["system"] != "external"
+        for k, block in enumerate(seed_blocks(condition))
+    ]

@@ -1,0 +1,261 @@
+"""How far the workflow is from its compute floor: process starts, imports, scheduling.
+
+For an experiment config (default config/experiments/fcn_width_quick.yaml;
+--full adds fcn_width.yaml, about 6 min a run), in one run of this script:
+
+- workflow: `snakemake --cores 2 --configfile CONFIG --config seeds_per_job=B`
+  in a fresh copy of the project (the files tests/conftest.py `copy_project`
+  copies), wall time, for each B of --seeds-per-job (1 is the old structure:
+  one training and one Koopman job per seed);
+- floor: the same trainings and decompositions back to back inside one Python
+  process per core (2 processes with OMP_NUM_THREADS=1, each doing every other
+  (condition, seed): train, then its spectrum), wall time; each process also
+  times every training and spectrum it computes.
+
+Reports wall(workflow) / wall(floor) per B, and per job the seconds a job's
+benchmark (Snakemake's `s`) spends beyond the compute of its seeds (the floor's
+time for the same seeds): process start, imports, dataset load, store checks.
+The workflow's wall time also holds compare, figures and summary, which the
+floor leaves out (their own jobs' seconds are printed too). Both run the
+experiment's core sections only (CORE: no sensitivity, predict, prune,
+monitor, companion or windows: extra work the floor does not do). Prints Markdown;
+--repeat N gives medians of N runs (the order of the runs alternates).
+
+    python benchmarks/workflow_overhead.py [--full] [--seeds-per-job 1 5] [--repeat 1]
+        [--config config/experiments/OTHER.yaml]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PROJECT_PARTS = ("Snakefile", "workflow", "src", "config", "envs", "profiles")
+CORES = 2
+
+
+def copy_project(root: Path) -> Path:
+    """The workflow and library copied to `root`, as tests/conftest.py does."""
+    root.mkdir(parents=True, exist_ok=True)
+    for name in PROJECT_PARTS:
+        src = REPO / name
+        if src.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__")
+            shutil.copytree(src, root / name, symlinks=True, ignore=ignore)
+        else:
+            shutil.copy(src, root / name)
+    return root
+
+
+def env() -> dict[str, str]:
+    """This interpreter's `python` (and snakemake) first on PATH; the library of the copy."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    return {**os.environ, "PATH": path}
+
+
+def read_benchmarks(results: Path) -> dict[str, list[tuple[str, float]]]:
+    """{stage: [(job, seconds)]} from the benchmark TSVs of a run."""
+    out: dict[str, list[tuple[str, float]]] = {}
+    for path in sorted((results / "benchmarks").rglob("*.tsv")):
+        rel = path.relative_to(results / "benchmarks")
+        lines = path.read_text().splitlines()
+        seconds = float(lines[-1].split("\t")[0])
+        out.setdefault(rel.parts[0], []).append((rel.with_suffix("").as_posix(), seconds))
+    return out
+
+
+# The sections that make the trainings, the spectra and the verdicts; the
+# optional stages (sensitivity, predict, prune, monitor, companion, windows)
+# add decompositions and trainings that the floor does not run: left out.
+CORE = ("experiment", "seeds", "seeds_per_job", "koopman", "compare", "conditions")
+
+
+def core_config(config: Path, out: Path) -> Path:
+    """The experiment without its optional stages, written to `out`."""
+    import yaml
+
+    raw = yaml.safe_load((REPO / config).read_text())
+    cfg = {k: v for k, v in raw.items() if k in CORE}
+    for cond in cfg["conditions"].values():
+        cond.pop("companion", None)
+        if isinstance(cond.get("koopman"), dict):
+            cond["koopman"].pop("windows", None)
+    cfg.get("koopman", {}).pop("windows", None)
+    out.write_text(yaml.safe_dump(cfg))
+    return out
+
+
+def run_workflow(config: Path, seeds_per_job: int) -> dict:
+    """Wall time of the whole workflow in a fresh copy, and its jobs' benchmark seconds."""
+    with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
+        root = copy_project(Path(tmp) / "project")
+        config = core_config(config, root / "bench.yaml")
+        args = ["snakemake", "--cores", str(CORES), "--configfile", str(config)]
+        args += ["--config", f"seeds_per_job={seeds_per_job}", "--quiet", "all"]
+        start = time.perf_counter()
+        run = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
+        wall = time.perf_counter() - start
+        if run.returncode:
+            sys.exit(f"workflow failed:\n{run.stderr[-4000:]}")
+        experiment = next((root / "results").iterdir())
+        return {"wall": wall, "jobs": read_benchmarks(experiment)}
+
+
+def floor_worker(config: str, part: int, parts: int, out: str) -> None:
+    """One process of the floor: every `parts`-th (condition, seed), train then spectrum."""
+    t0 = time.perf_counter()
+    import torch
+
+    from conjugacy.config import load, option_label
+    from conjugacy.config.validation import settings as config_settings
+    from conjugacy.koopman.spectrum import KoopmanOptions, write_spectrum
+    from conjugacy.systems.data import cached_datasets
+    from conjugacy.training.train import train
+
+    torch.set_num_threads(1)
+    cfg = load(config)
+    runs = [(c, s) for c in cfg["conditions"] for s in sorted(cfg["conditions"][c]["seeds"])]
+    times = {"imports": time.perf_counter() - t0, "train": {}, "koopman": {}}
+    work = Path(out).parent / f"floor{part}"
+    with cached_datasets():
+        for name, seed in runs[part::parts]:
+            cond = cfg["conditions"][name]
+            t = time.perf_counter()
+            store = train(cond, seed, work / f"{name}-{seed}.zarr", cfg["experiment"], name, False)
+            times["train"][f"{name}/{seed}"] = time.perf_counter() - t
+            t = time.perf_counter()
+            given = {k: v for k, v in cond["koopman"].items() if k != "windows"}
+            opts = KoopmanOptions.from_settings(config_settings("koopman", given, option_label))
+            label = {"condition": name, "seed": seed}
+            write_spectrum(store, work / f"{name}-{seed}.spec.zarr", opts, True, label=label)
+            times["koopman"][f"{name}/{seed}"] = time.perf_counter() - t
+    Path(out).write_text(json.dumps(times))
+
+
+def run_floor(config: Path) -> dict:
+    """Wall time of CORES floor processes at once, and their per-run compute seconds."""
+    threads = {k: "1" for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    pyenv = {**env(), **threads, "PYTHONPATH": str(REPO / "src")}
+    with tempfile.TemporaryDirectory(prefix="floor-") as tmp:
+        config = core_config(config, Path(tmp) / "bench.yaml")
+        outs = [Path(tmp) / f"times{i}.json" for i in range(CORES)]
+        start = time.perf_counter()
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--floor-worker",
+                    str(config),
+                    str(i),
+                    str(CORES),
+                    str(out),
+                ],
+                env=pyenv,
+                cwd=REPO,
+            )  # fmt: skip
+            for i, out in enumerate(outs)
+        ]
+        if any(p.wait() for p in procs):
+            sys.exit("a floor process failed")
+        wall = time.perf_counter() - start
+        times = [json.loads(out.read_text()) for out in outs]
+    merged = {
+        stage: {k: v for t in times for k, v in t[stage].items()} for stage in ("train", "koopman")
+    }
+    return {"wall": wall, "imports": [t["imports"] for t in times], **merged}
+
+
+def seeds_of(job: str) -> tuple[str, list[int]]:
+    """(condition, seeds) of a benchmark name: train/<condition>/seed3 or .../seed0-4."""
+    _, condition, label = job.split("/")
+    first, _, last = label.removeprefix("seed").partition("-")
+    return condition, [int(first)] if not last else list(range(int(first), int(last) + 1))
+
+
+def overhead(run: dict, floor: dict, stage: str) -> tuple[int, float, float]:
+    """(jobs, median job seconds, median job seconds minus the floor's for its seeds)."""
+    jobs = run["jobs"].get(stage, [])
+    extra = []
+    for job, seconds in jobs:
+        condition, block = seeds_of(job)
+        compute = sum(floor[stage].get(f"{condition}/{s}", 0.0) for s in block)
+        extra.append(seconds - compute)
+    if not jobs:
+        return 0, float("nan"), float("nan")
+    return len(jobs), statistics.median(s for _, s in jobs), statistics.median(extra)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--full", action="store_true", help="also fcn_width.yaml (about 6 min a run)")
+    p.add_argument("--seeds-per-job", type=int, nargs="+", default=[1, 5])
+    p.add_argument("--repeat", type=int, default=1, help="runs of each; medians are reported")
+    p.add_argument("--config", type=Path, nargs="+", help="other configs (relative to the repo)")
+    p.add_argument("--floor-worker", nargs=4, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.floor_worker:
+        config, part, parts, out = args.floor_worker
+        floor_worker(config, int(part), int(parts), out)
+        return
+    configs = [Path("config/experiments/fcn_width_quick.yaml")]
+    if args.full:
+        configs.append(Path("config/experiments/fcn_width.yaml"))
+    configs = args.config or configs
+    print(f"load average before: {load_average()} ({os.cpu_count()} CPUs)\n")
+    for config in configs:
+        walls: dict[str, list[float]] = {}
+        last: dict[str, dict] = {}
+        for r in range(args.repeat):
+            order = [("floor", None)] + [(f"B={b}", b) for b in args.seeds_per_job]
+            for name, b in order if r % 2 == 0 else order[::-1]:
+                result = run_floor(config) if b is None else run_workflow(config, b)
+                walls.setdefault(name, []).append(result["wall"])
+                last[name] = result
+                print(f"  {config.name} {name} run {r + 1}: {result['wall']:.1f} s "
+                      f"(load {load_average()})", flush=True)  # fmt: skip
+        floor = statistics.median(walls["floor"])
+        print(f"\n### {config}\n")
+        runs = ", ".join(f"{w:.1f}" for w in walls["floor"])
+        imports = ", ".join(f"{t:.1f}" for t in last["floor"]["imports"])
+        print(
+            f"floor (train + spectrum of every seed, {CORES} processes): median {floor:.1f} s "
+            f"of {len(walls['floor'])} ({runs}); imports per process {imports} s\n"
+        )
+        print(
+            "| seeds_per_job | workflow wall, s (median) | runs | ratio to floor "
+            "| train jobs | s/job | s/job beyond compute | koopman jobs | s/job "
+            "| s/job beyond compute | other jobs, s |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for b in args.seeds_per_job:
+            name = f"B={b}"
+            wall = statistics.median(walls[name])
+            tr = overhead(last[name], last["floor"], "train")
+            ko = overhead(last[name], last["floor"], "koopman")
+            other = sum(s for st, jobs in last[name]["jobs"].items()
+                        if st not in ("train", "koopman") for _, s in jobs)  # fmt: skip
+            print(f"| {b} | {wall:.1f} | {', '.join(f'{w:.1f}' for w in walls[name])} "
+                  f"| {wall / floor:.2f} | {tr[0]} | {tr[1]:.2f} | {tr[2]:.2f} "
+                  f"| {ko[0]} | {ko[1]:.2f} | {ko[2]:.2f} | {other:.1f} |")  # fmt: skip
+        print(f"\nload average after: {load_average()}")
+
+
+if __name__ == "__main__":
+    main()
