@@ -160,6 +160,24 @@ def cmd_train(args: argparse.Namespace) -> None:
     )
 
 
+def _outputs(args: argparse.Namespace, what: str) -> list[tuple[list[Path], Path, int | None]]:
+    """(stores, output, seed) of each result: all stores pooled into one output, or with
+    --each the stores split evenly, in order, over the outputs (one per --seed)."""
+    outs, stores, seeds = args.output, args.trajectory, args.seed or [None] * len(args.output)
+    if not args.each and len(outs) > 1:
+        raise ConfigError(f"{len(outs)} outputs (-o) pool one {what}: give one, or --each")
+    if len(stores) % len(outs) or len(seeds) != len(outs):
+        raise ConfigError(
+            f"--each: {len(stores)} trajectory stores and {len(seeds)} --seed labels do not "
+            f"split evenly over {len(outs)} outputs (-o)"
+        )
+    per = len(stores) // len(outs)  # consecutive stores pooled into each result
+    return [
+        (stores[i * per : (i + 1) * per] if args.each else stores, out, seed)
+        for i, (out, seed) in enumerate(zip(outs, seeds, strict=True))
+    ]
+
+
 def cmd_koopman(args: argparse.Namespace) -> None:
     from conjugacy.koopman.memory import share_one_arena
     from conjugacy.koopman.spectrum import KoopmanOptions, write_spectrum
@@ -170,19 +188,10 @@ def cmd_koopman(args: argparse.Namespace) -> None:
     given = {**args.settings, **_given(args, {**keys, "observables": "observable"})}
     settings = config_settings("koopman", given, option_label)
     opts = KoopmanOptions.from_settings(settings, readahead=args.readahead)
-    outs, stores, seeds = args.output, args.trajectory, args.seed or [None] * len(args.output)
-    if not args.each and len(outs) > 1:
-        raise ConfigError(f"{len(outs)} outputs (-o) pool one spectrum: give one, or --each")
-    if len(stores) % len(outs) or len(seeds) != len(outs):
-        raise ConfigError(
-            f"--each: {len(stores)} trajectory stores and {len(seeds)} --seed labels do not "
-            f"split evenly over {len(outs)} outputs (-o)"
-        )
-    per = len(stores) // len(outs)  # consecutive stores pooled into each spectrum
-    for i, (out, seed) in enumerate(zip(outs, seeds, strict=True)):
+    for stores, out, seed in _outputs(args, "spectrum"):
         label = {"condition": args.condition, "seed": seed}
         spectrum = write_spectrum(
-            stores[i * per : (i + 1) * per] if args.each else stores,
+            stores,
             out,
             opts,
             skip_diverged=args.skip_diverged,
@@ -795,19 +804,10 @@ def cmd_sensitivity(args: argparse.Namespace) -> None:
         "koopman", args.koopman, lambda key: f"option --koopman key {key or '<top level>'}"
     )
     opts = KoopmanOptions.from_settings({**koopman, "modes": False}, readahead=args.readahead)
-    outs, stores, seeds = args.output, args.trajectory, args.seed or [None] * len(args.output)
-    if not args.each and len(outs) > 1:
-        raise ConfigError(f"{len(outs)} outputs (-o) pool one grid: give one, or --each")
-    if len(stores) % len(outs) or len(seeds) != len(outs):
-        raise ConfigError(
-            f"--each: {len(stores)} trajectory stores and {len(seeds)} --seed labels do not "
-            f"split evenly over {len(outs)} outputs (-o)"
-        )
-    per = len(stores) // len(outs)  # consecutive stores pooled into each grid
-    for i, (out, seed) in enumerate(zip(outs, seeds, strict=True)):
+    for stores, out, seed in _outputs(args, "grid"):
         label = {"condition": args.condition, "seed": seed}
         write_sensitivity(
-            stores[i * per : (i + 1) * per] if args.each else stores,
+            stores,
             out,
             opts,
             grid["delays"],
