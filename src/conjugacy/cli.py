@@ -528,33 +528,31 @@ def _given(args: argparse.Namespace, keys: dict[str, str]) -> dict:
     }
 
 
-def _add_koopman(sub) -> None:
-    d = defaults("koopman")
-    k = sub.add_parser("koopman", help="Koopman eigenvalues of a trajectory store by DMD")
-    k.add_argument(
+def _store_outputs(p: argparse.ArgumentParser, what: str) -> None:
+    """Trajectory stores in, one output pooled from them or, with --each, one per group."""
+    p.add_argument(
         "trajectory",
         type=Path,
         nargs="+",
         help="trajectory store(s); several are pooled as the inits of one DMD (see --each)",
     )
-    k.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="spectrum store to write (several with --each)",
-    )
-    k.add_argument(
+    p.add_argument("-o", "--output", type=Path, nargs="+", required=True, help=f"{what} to write")
+    p.add_argument(
         "--each",
         action="store_true",
-        help="one spectrum per output, one after another in this process: the stores are "
-        "split into as many equal consecutive groups as outputs (each group pooled)",
+        help="one output per -o, one after another in this process: the stores are split "
+        "into as many equal consecutive groups as outputs (each group pooled)",
     )
-    k.add_argument("--condition", type=_name, help="label the spectrum with this condition")
-    k.add_argument(
-        "--seed", type=_seed, nargs="+", help="label the spectrum with this seed (one per output)"
+    p.add_argument("--condition", type=_name, help=f"label the {what} with this condition")
+    p.add_argument(
+        "--seed", type=_seed, nargs="+", help=f"label the {what} with this seed (one per output)"
     )
+
+
+def _add_koopman(sub) -> None:
+    d = defaults("koopman")
+    k = sub.add_parser("koopman", help="Koopman eigenvalues of a trajectory store by DMD")
+    _store_outputs(k, "spectrum store")
     _settings_option(k, "koopman")
     k.add_argument(
         "--observable", action="extend", nargs="+", help="recorded tensors to use (default: all)"
@@ -835,30 +833,7 @@ def _add_sensitivity(sub) -> None:
     se = sub.add_parser(
         "sensitivity", help="Koopman eigenvalues at every (delays, rank) of a grid, one pass"
     )
-    se.add_argument(
-        "trajectory",
-        type=Path,
-        nargs="+",
-        help="trajectory store(s); several are pooled as the inits of one DMD (see --each)",
-    )
-    se.add_argument(
-        "-o",
-        "--output",
-        type=Path,
-        nargs="+",
-        required=True,
-        help="grid store to write (several with --each)",
-    )
-    se.add_argument(
-        "--each",
-        action="store_true",
-        help="one grid per output, one after another in this process: the stores are split "
-        "into as many equal consecutive groups as outputs (each group pooled)",
-    )
-    se.add_argument("--condition", type=_name, help="label the stores with this condition")
-    se.add_argument(
-        "--seed", type=_seed, nargs="+", help="label the store with this seed (one per output)"
-    )
+    _store_outputs(se, "grid store")
     _settings_option(se, "sensitivity")
     se.add_argument(
         "--koopman",

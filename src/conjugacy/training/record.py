@@ -54,6 +54,7 @@ from conjugacy.stores.contract import (
     seal,
     store_role,
 )
+from conjugacy.training.recorder import write_queued
 
 log = logging.getLogger(__name__)
 
@@ -713,17 +714,7 @@ class ModelRecorder:
     # writer thread
 
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            start, k, block = job
-            try:
-                if self.error is None:
-                    self._write(start, k, block)
-            except BaseException as exc:  # noqa: BLE001 - raised again in the training thread
-                self.error = exc
-            finally:
-                self._free.put(block)
-                self._jobs.task_done()
-        self._jobs.task_done()
+        write_queued(self)
 
     def _write(self, start: int, k: int, block: Block) -> None:
         for event in block.events:

@@ -35,6 +35,26 @@ def block_steps(writer: TrajectoryWriter, dtype: str) -> int:
     return min(chunks * step_block, writer.n_steps)
 
 
+def write_queued(recorder) -> None:
+    """A recorder's writer thread: write the queued (start, k, buffers) blocks in order.
+
+    After a failure it only hands the buffers back (`_free`): the training
+    thread raises `recorder.error` at its next call. A None job ends it.
+    Shared by the trainer's Recorder and conjugacy.record's ModelRecorder.
+    """
+    while (job := recorder._jobs.get()) is not None:
+        start, k, buffers = job
+        try:
+            if recorder.error is None:
+                recorder._write(start, k, buffers)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the training thread
+            recorder.error = exc
+        finally:
+            recorder._free.put(buffers)
+            recorder._jobs.task_done()
+    recorder._jobs.task_done()
+
+
 class Recorder:
     """Collects snapshots of the recorded tensors and writes full blocks.
 
@@ -75,18 +95,7 @@ class Recorder:
             self._thread.start()
 
     def _work(self) -> None:
-        """Writer thread: write blocks in order; after a failure, only hand buffers back."""
-        while (job := self._jobs.get()) is not None:
-            start, k, buffers = job
-            try:
-                if self.error is None:
-                    self._write(start, k, buffers)
-            except BaseException as exc:  # noqa: BLE001 - raised again in the training thread
-                self.error = exc
-            finally:
-                self._free.put(buffers)
-                self._jobs.task_done()
-        self._jobs.task_done()
+        write_queued(self)
 
     def _write(self, start: int, k: int, buffers: Buffers) -> None:
         tensors, loss = buffers
