@@ -18,10 +18,12 @@ Families (each seed: new initial conditions, new observation map, new noise):
     B through a random invertible map (singular values log-uniform in
     [0.5, 2]).
   - `nonlinear-coords`: A observes Q x, B observes Q h(x), h(x) = x + 0.1 x^3
-    elementwise (a diffeomorphism), Q random orthogonal; 2 delays, rank 4.
+    elementwise (a diffeomorphism), Q random orthogonal; 20 delays, rank 40,
+    keep the 4 modes of most energy.
   - `omd-ogd`: the optimizer toys (conjugacy.systems.toys): OMD on
     f(x) = sum tan(x_i) observed in x, OGD observed in u = log x, started at
-    u0 = log x0 of the same jittered grid (`start: omd`); 4 delays, full rank.
+    u0 = log x0 of the same jittered grid (`start: omd`); 20 delays, full
+    rank, keep 4.
 - not conjugate (both conditions through random orthogonal maps)
   - `decay`: B's slow decay rate 0.95 -> 0.95 + delta (`--delta`, 0.01).
   - `rotation`: B's slow rotation rate 0.3 -> 0.31 rad per step.
@@ -30,10 +32,11 @@ Families (each seed: new initial conditions, new observation map, new noise):
     orthonormal columns).
 - `power`: the decay family at each of `--deltas` (delta 0 is a conjugate pair
   with identical designs on both sides).
-- diagnostics (conjugate, `--diagnostic-experiments` each): `omd-ogd, both in
-  x` (OGD seen in x = exp(u), like OMD) and `nonlinear-coords, c 0.01` and
-  `c 0.001` (h(x) = x + c x^3): where the false "not conjugate" of the two
-  nonlinear families comes from.
+- diagnostics (`--diagnostic-experiments` each): the two nonlinear families
+  without keep (2 delays, rank 4; 4 delays, full rank: the settings that
+  call them "not conjugate"), `omd-ogd, both in x` (OGD seen in x = exp(u),
+  like OMD), and the decay family (not conjugate) at the nonlinear families'
+  settings, with keep 4 and with keep 6 (more modes than the system has).
 
 Linear families: 4 inits x 50 steps, x0 ~ N(0, I), no delays, full rank.
 Toys: 9 inits (a 3 x 3 grid in [0.1, 0.9]^2, jitter 0.5), 60 steps, lr 0.01.
@@ -86,8 +89,12 @@ BASE = ((0.95, 0.3), (0.85, 0.9))  # (modulus, angle) of each eigenvalue pair
 EXTRA = (0.9, 1.5)  # the pair the extra-mode family adds
 ROTATION = 0.01  # the rotation family's change of the slow angle (rad per step; base 0.3)
 CUBIC = 0.1  # h(x) = x + CUBIC x^3
-WARPED_KOOPMAN = {"delays": 2, "rank": 4}
-TOY_KOOPMAN = {"delays": 4, "rank": "full"}  # as config/experiments/omd_ogd.yaml
+# Nonlinearly related coordinates: enough delays and rank to resolve the harmonics the change
+# of coordinates adds, then the 4 modes of most energy (`keep`, docs/calibration.md).
+WARPED_KOOPMAN = {"delays": 20, "rank": 40, "keep": 4}
+TOY_KOOPMAN = {"delays": 20, "rank": "full", "keep": 4}
+PLAIN_WARPED = {"delays": 2, "rank": 4}  # without keep: the diagnostics
+PLAIN_TOY = {"delays": 4, "rank": "full"}  # as config/experiments/omd_ogd.yaml
 TOY_STEPS = 60
 TOY_LR = 0.01
 TOY_GRID = {"low": 0.1, "high": 0.9, "points": 3}  # 9 initial conditions in x
@@ -206,15 +213,19 @@ def families(delta: float) -> list[Family]:
     ]
 
 
-def diagnostics() -> list[Family]:
-    """Conjugate variants that locate the false "not conjugate" of two main families: OGD seen
-    in x = exp(u) like OMD (same coordinates), and weaker changes of coordinates."""
+def diagnostics(delta: float) -> list[Family]:
+    """What keep changes: the nonlinear families without it, OMD and OGD both seen in x, and
+    the power of the nonlinear families' settings on a non-conjugate pair, with keep at the
+    system's 4 modes and above them."""
+    changed = ((BASE[0][0] + delta, BASE[0][1]), BASE[1])
+    too_many = WARPED_KOOPMAN | {"keep": 6}
     out = [
+        Family("nonlinear-coords, no keep", True, linear(BASE), warped(CUBIC), PLAIN_WARPED),
+        Family("omd-ogd, no keep", True, toy("omd"), toy("ogd"), PLAIN_TOY),
         Family("omd-ogd, both in x", True, toy("omd"), toy("ogd", np.exp), TOY_KOOPMAN),
+        Family("decay, keep 4", False, linear(BASE), linear(changed), WARPED_KOOPMAN, delta),
+        Family("decay, keep 6", False, linear(BASE), linear(changed), too_many, delta),
     ]
-    for c in (0.01, 0.001):
-        out.append(Family(f"nonlinear-coords, c {c:g}", True, linear(BASE), warped(c),
-                          WARPED_KOOPMAN))  # fmt: skip
     for fam in out:
         fam.group = "diagnostic"
     return out
@@ -435,7 +446,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.families is not None:
         todo = [(f, n) for f, n in todo if f.name in args.families]
     todo += [(decay(d, "power"), power_n) for d in args.deltas]
-    todo += [(f, args.diagnostic_experiments) for f in diagnostics()]
+    todo += [(f, args.diagnostic_experiments) for f in diagnostics(args.delta)]
     frames, walls = [], {}
     begin = time.perf_counter()
 

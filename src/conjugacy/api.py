@@ -64,6 +64,7 @@ def spectrum(
     pca: int | None = DEFAULTS["pca"],
     variant: str = DEFAULTS["variant"],
     observables: list[str] | None = DEFAULTS["observables"],
+    keep: int | None = DEFAULTS["keep"],
 ) -> np.ndarray:
     """Koopman eigenvalues (complex, by decreasing modulus order of the DMD) of one seed's runs.
 
@@ -82,6 +83,7 @@ def spectrum(
         window=tuple(window) if window else None,
         pca=pca,
         variant=variant,
+        keep=keep,
     )
     ds = stores[0]
     names = opts.observables or tensor_variables(ds)

@@ -184,7 +184,7 @@ def cmd_koopman(args: argparse.Namespace) -> None:
 
     share_one_arena()  # read-ahead threads reuse the same freed blocks
 
-    keys = {k: k for k in ("delays", "rank", "window", "pca", "variant", "device", "modes")}
+    keys = {k: k for k in ("delays", "rank", "window", "pca", "variant", "device", "modes", "keep")}
     given = {**args.settings, **_given(args, {**keys, "observables": "observable"})}
     settings = config_settings("koopman", given, option_label)
     opts = KoopmanOptions.from_settings(settings, readahead=args.readahead)
@@ -566,6 +566,11 @@ def _add_koopman(sub) -> None:
     )
     k.add_argument("--window", type=_window, help="START:STOP optimizer steps [start, stop)")
     k.add_argument("--pca", type=_positive, help="project on this many principal components first")
+    k.add_argument(
+        "--keep",
+        type=_positive,
+        help="compare only this many modes, those of most energy (default: every mode)",
+    )
     k.add_argument(
         "--variant",
         choices=("exact", "tls", "fb"),

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from conjugacy.config import check_koopman
+from conjugacy.config import ConfigError, check_koopman
 from conjugacy.koopman.backend import backend
 from conjugacy.koopman.dmd import (
     DMDError,
@@ -256,7 +256,9 @@ def grid_spectra(
                 point.route,
             )
             result, facts = decompose(obs, replace(opts, delays=d, rank=rank))
-            out[(d, label)] = GridPoint(result, facts["route"])
+            out[(d, label)] = GridPoint(result, facts["route"])  # decompose applied keep
+        elif opts.keep is not None:
+            out[(d, label)] = GridPoint(point.result.dominant(opts.keep), point.route)
     return out
 
 
@@ -333,6 +335,12 @@ def write_sensitivity(
     shapes = {n: tuple(ds[n].shape[2:]) for n in tensor_variables(ds)}
     names = list(opts.observables or shapes)
     steps = [int(s) for s in ds["step"].values]
+    low = [r for r in ranks if isinstance(r, int) and opts.keep and r < opts.keep]
+    if low:
+        raise ConfigError(
+            f"option --ranks (store {where}): rank {low[0]} is below keep {opts.keep}; "
+            f"expected ranks >= {opts.keep}"
+        )
     for d in delays:  # a rank above the problem size is capped by the DMD: no check
         check_koopman(
             {**asdict(opts), "delays": d, "rank": "full"},

@@ -32,6 +32,7 @@ KOOPMAN_KEYS = (
     "variant",
     "device",
     "modes",
+    "keep",
 )
 
 
@@ -118,6 +119,13 @@ def check_sensitivity_section(cfg: dict[str, Any]) -> None:
         shapes = tensor_shapes(cond)
         if "record" in cond:
             shapes = {t: shapes[t] for t in cond["record"]}
+        keep = cond["koopman"].get("keep")
+        low = [r for r in grid["ranks"] if isinstance(r, int) and keep and r < keep]
+        if low:
+            raise ConfigError(
+                f"config key sensitivity.ranks: rank {low[0]} is below "
+                f"conditions.{name}.koopman.keep {keep}; expected ranks >= {keep}"
+            )
         for delays in grid["delays"]:
             check_koopman(
                 {**cond["koopman"], "delays": delays, "rank": "full"},
@@ -445,6 +453,13 @@ def check_koopman(
         raise ConfigError(
             f"{label('rank')}: {rank} is larger than {which}; "
             f"expected at most {min(lifted, pairs)} or 'full'"
+        )
+    keep = kcfg.get("keep")
+    if keep is not None and keep > min(lifted, pairs, rank if isinstance(rank, int) else keep):
+        bound = rank if isinstance(rank, int) else min(lifted, pairs)
+        raise ConfigError(
+            f"{label('keep')}: {keep} modes, but the rank allows at most {bound}; "
+            f"expected keep <= {bound}"
         )
 
 

@@ -72,6 +72,7 @@ class KoopmanOptions:
     variant: str = DEFAULTS["variant"]
     device: str = DEFAULTS["device"]
     modes: bool = DEFAULTS["modes"]
+    keep: int | None = DEFAULTS["keep"]
     readahead: int = DEPTH  # a run-time resource, not a setting: results do not depend on it
 
     @classmethod
@@ -88,6 +89,7 @@ class KoopmanOptions:
             variant=settings["variant"],
             device=settings["device"],
             modes=settings["modes"],
+            keep=settings.get("keep"),
             readahead=readahead,
         )
 
@@ -231,11 +233,11 @@ def covariance_route(
 def covariances(
     b: np.ndarray, head: np.ndarray, variant: str = "exact"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """X X^T, Y X^T, Y Y^T (tls and fb only, else None) and x0 from lag products and head."""
+    """X X^T, Y X^T, Y Y^T (the residuals, tls and fb) and x0 from lag products and head."""
     d = (b.shape[0] - 1) * b.shape[1]
     cxx = b[:-1, :, :-1].reshape(d, d)
     cyx = b[1:, :, :-1].reshape(d, d)
-    cyy = b[1:, :, 1:].reshape(d, d) if variant != "exact" else None
+    cyy = b[1:, :, 1:].reshape(d, d)
     x0 = head.reshape(head.shape[0], d).T.copy()  # first lifted snapshot of each init
     return cxx, cyx, cyy, x0
 
@@ -397,6 +399,8 @@ def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[st
             route = "qr-tall" if tall else "qr-wide"
             qr = qr_tall_route if tall else qr_wide_route
             result = qr(obs, delays, opts.rank, size, variant)
+    if opts.keep is not None:
+        result = result.dominant(opts.keep)
     facts = {
         "route": route,
         "lifted_dim": lifted_dim,
@@ -427,7 +431,7 @@ def write_modes(group: zarr.Group, obs: Observable, result: DMDResult, delays: i
     (Gram and QR-tall routes), a second pass over the store forms it block by
     block: Y's first delay block is the snapshots 1 .. m-1 of each init.
     """
-    r, dim = result.rank, obs.dim
+    r, dim = result.eigenvalues.size, obs.dim
     arr = group.create_array(
         "modes",
         shape=(r, dim),
@@ -449,14 +453,16 @@ def write_modes(group: zarr.Group, obs: Observable, result: DMDResult, delays: i
 
 def spectrum_dataset(result: DMDResult, attrs: dict[str, Any]) -> xr.Dataset:
     """The spectrum store's dataset (the contract in the README)."""
-    return xr.Dataset(
-        {
-            "eigenvalues": ("mode", result.eigenvalues),
-            "amplitudes": (("mode", "init"), result.amplitudes),
-            "singular_values": ("component", result.singular_values),
-        },
-        attrs={**attrs, "rank": result.rank},
-    )
+    data = {
+        "eigenvalues": ("mode", result.eigenvalues),
+        "amplitudes": (("mode", "init"), result.amplitudes),
+        "energy": ("mode", result.energy),
+        "residual": ("mode", result.residual),
+        "singular_values": ("component", result.singular_values),
+    }
+    for name, values in (result.dropped or {}).items():
+        data[f"dropped_{name}"] = ("dropped", values)
+    return xr.Dataset(data, attrs={**attrs, "rank": result.rank})
 
 
 def excluded_dataset(ds: xr.Dataset, attrs: dict[str, Any]) -> xr.Dataset:
@@ -580,6 +586,7 @@ def write_spectrum(
         "pca": opts.pca,
         "variant": opts.variant,
         "device": opts.device,
+        "keep": opts.keep,
     }
     source = {k: ds.attrs[k] for k in ("experiment", "condition", "seed") if k in ds.attrs}
     source |= label or {}
@@ -604,5 +611,5 @@ def write_spectrum(
     group = zarr.open_group(Path(out), mode="r+", zarr_format=3)
     write_modes(group, obs, result, opts.delays)
     seal(group, "complete", mode_values={n: obs.sizes[n] for n in obs.names})
-    log.info("wrote modes (%d x %d) into %s", result.rank, obs.dim, out)
+    log.info("wrote modes (%d x %d) into %s", result.eigenvalues.size, obs.dim, out)
     return spectrum

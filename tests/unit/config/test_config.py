@@ -27,6 +27,7 @@ KOOPMAN_DEFAULTS = {
     "windows": None,
     "variant": "exact",
     "device": "cpu",
+    "keep": None,
     "modes": False,
 }
 

@@ -43,7 +43,7 @@ MAX_FALSE = int(binom.ppf(0.995, EXPERIMENTS, ALPHA))
 
 
 def family(name: str) -> cal.Family:
-    every = [*cal.families(0.01), cal.decay(0.0, "power"), *cal.diagnostics()]
+    every = [*cal.families(0.01), cal.decay(0.0, "power"), *cal.diagnostics(0.01)]
     return next(f for f in every if f.name == name)
 
 
@@ -133,27 +133,30 @@ def results() -> dict[str, pd.DataFrame]:
     names = [
         "linear-maps",
         "power",
+        "nonlinear-coords",
+        "omd-ogd",
         "omd-ogd, both in x",
-        "nonlinear-coords, c 0.001",
         "decay",
         "rotation",
         "extra-mode",
+        "decay, keep 4",
     ]
     return {n: cal.run_family(family(n), EXPERIMENTS, SEEDS, OPTIONS, cal.SEED) for n in names}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["linear-maps", "power", "omd-ogd, both in x", "nonlinear-coords, c 0.001"]
+    "name", ["linear-maps", "power", "nonlinear-coords", "omd-ogd", "omd-ogd, both in x"]
 )
 def test_false_not_conjugate_rate_is_at_most_alpha_plus_margin(results, name):
-    """Conjugate pairs seen in the same (or linearly related) coordinates."""
+    """Conjugate pairs in the same, linearly or nonlinearly related coordinates (the last with
+    enough delays and rank, and keep)."""
     false = int((results[name]["verdict"] == "not conjugate").sum())
     assert false <= MAX_FALSE, f"{name}: {false} of {EXPERIMENTS} called not conjugate"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["decay", "rotation", "extra-mode"])
+@pytest.mark.parametrize("name", ["decay", "rotation", "extra-mode", "decay, keep 4"])
 def test_clearly_different_spectra_are_rarely_called_conjugate(results, name):
     got = results[name]["verdict"]
     assert (got == "conjugate").sum() <= 1
@@ -168,12 +171,8 @@ def test_ratio_ranks_non_conjugate_above_conjugate_pairs(results):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="known limitation (docs/calibration.md): DMD spectra of one system in nonlinearly "
-    "related observables differ by more than the seed-to-seed spread",
-    strict=False,
-)
-@pytest.mark.parametrize("name", ["nonlinear-coords", "omd-ogd"])
-def test_conjugate_in_nonlinearly_related_coordinates(name):
-    false = int((verdicts(name) == "not conjugate").sum())
-    assert false <= MAX_FALSE, f"{name}: {false} of {EXPERIMENTS} called not conjugate"
+@pytest.mark.parametrize("name", ["nonlinear-coords, no keep", "omd-ogd, no keep"])
+def test_without_keep_nonlinear_coordinates_look_not_conjugate(name):
+    """What keep fixes: a low rank (or full rank of few delays) mixes the harmonics of the change
+    of coordinates into the compared eigenvalues, and the verdict sees the shift."""
+    assert (verdicts(name, 5) == "not conjugate").sum() >= 3
