@@ -51,7 +51,7 @@ Writes under --out: experiments.csv (one row per family, delta, seed count
 and experiment: ratio, p, interval, verdict), summary.csv (rates with exact
 95% binomial intervals, the power curve), auroc.csv (AUROC of the ratio),
 summary.md (their tables) and run.json (the settings and wall times). The
-tables and the run of docs/calibration.md (about 27 min on 2 loaded cores):
+tables and the run of docs/calibration.md (about 32 min on 2 loaded cores):
 
     python benchmarks/calibration.py --experiments 200 --seeds 5 10 25 --out build/calibration
     python benchmarks/calibration.py --out build/calibration --summarize  # tables again
