@@ -58,6 +58,7 @@ bench: install
 	python benchmarks/koopman_vs_pydmd.py --params 200000 2000000 --repeats 3 --tmp $(BENCH_TMP)
 	python benchmarks/koopman_vs_pydmd.py --params 20000000 --only ours floor --repeats 1 \
 		--tmp $(BENCH_TMP)
+	python benchmarks/koopman_vs_dsa.py --tmp $(BENCH_TMP) --out $(BENCH_TMP)/koopman_vs_dsa.json
 	python benchmarks/training.py --steps 1000 10000 --repeats 3
 	python benchmarks/dmd_engine.py
 
