@@ -12,6 +12,12 @@ For an experiment config (default config/experiments/fcn_width_quick.yaml;
   (condition, seed): train, then its spectrum), wall time; each process also
   times every training and spectrum it computes.
 
+With --slurm the workflow goes through a running SLURM cluster instead
+(profiles/slurm and the test cluster's site profile tests/slurm/site; the
+floor stays local): `bash benchmarks/slurm_overhead.sh --workflow-overhead`
+starts the test cluster of tests/slurm and runs this with --slurm. The SLURM
+jobs submitted (bundles included) are counted from their logs.
+
 Reports wall(workflow) / wall(floor) per B, and per job the seconds a job's
 benchmark (Snakemake's `s`) spends beyond the compute of its seeds (the floor's
 time for the same seeds): process start, imports, dataset load, store checks.
@@ -22,7 +28,7 @@ monitor, companion or windows: extra work the floor does not do). Prints Markdow
 --repeat N gives medians of N runs (the order of the runs alternates).
 
     python benchmarks/workflow_overhead.py [--full] [--seeds-per-job 1 5] [--repeat 1]
-        [--config config/experiments/OTHER.yaml]
+        [--config config/experiments/OTHER.yaml] [--slurm]
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PROJECT_PARTS = ("Snakefile", "workflow", "src", "config", "envs", "profiles")
 CORES = 2
+SLURM = ["--workflow-profile", "profiles/slurm", "--profile", str(REPO / "tests/slurm/site")]
 
 
 def copy_project(root: Path) -> Path:
@@ -94,12 +101,13 @@ def core_config(config: Path, out: Path) -> Path:
     return out
 
 
-def run_workflow(config: Path, seeds_per_job: int) -> dict:
+def run_workflow(config: Path, seeds_per_job: int, slurm: bool = False) -> dict:
     """Wall time of the whole workflow in a fresh copy, and its jobs' benchmark seconds."""
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
         root = copy_project(Path(tmp) / "project")
         config = core_config(config, root / "bench.yaml")
-        args = ["snakemake", "--cores", str(CORES), "--configfile", str(config)]
+        args = ["snakemake", *(SLURM if slurm else ["--cores", str(CORES)])]
+        args += ["--configfile", str(config)]
         args += ["--config", f"seeds_per_job={seeds_per_job}", "--quiet", "all"]
         start = time.perf_counter()
         run = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
@@ -107,7 +115,9 @@ def run_workflow(config: Path, seeds_per_job: int) -> dict:
         if run.returncode:
             sys.exit(f"workflow failed:\n{run.stderr[-4000:]}")
         experiment = next((root / "results").iterdir())
-        return {"wall": wall, "jobs": read_benchmarks(experiment)}
+        logs = root / ".snakemake" / "slurm_logs"
+        submitted = sum(1 for _ in logs.rglob("*.log")) if logs.is_dir() else 0
+        return {"wall": wall, "jobs": read_benchmarks(experiment), "slurm_jobs": submitted}
 
 
 def floor_worker(config: str, part: int, parts: int, out: str) -> None:
@@ -195,6 +205,20 @@ def overhead(run: dict, floor: dict, stage: str) -> tuple[int, float, float]:
     return len(jobs), statistics.median(s for _, s in jobs), statistics.median(extra)
 
 
+def check_slurm() -> None:
+    """Exit with a one-line reason unless a SLURM cluster answers."""
+    if not shutil.which("sbatch"):
+        sys.exit(
+            "--slurm: no sbatch on PATH (bash benchmarks/slurm_overhead.sh --workflow-overhead)"
+        )
+    probe = subprocess.run(["sinfo", "-h"], capture_output=True, text=True)
+    if probe.returncode or not probe.stdout.strip():
+        sys.exit(
+            "--slurm: no SLURM cluster answers sinfo; `bash benchmarks/slurm_overhead.sh "
+            "--workflow-overhead` starts the test cluster and runs this with --slurm"
+        )
+
+
 def load_average() -> str:
     try:
         return " ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -208,6 +232,11 @@ def main() -> None:
     p.add_argument("--seeds-per-job", type=int, nargs="+", default=[1, 5])
     p.add_argument("--repeat", type=int, default=1, help="runs of each; medians are reported")
     p.add_argument("--config", type=Path, nargs="+", help="other configs (relative to the repo)")
+    p.add_argument(
+        "--slurm",
+        action="store_true",
+        help="the workflow through a running SLURM cluster (profiles/slurm, tests/slurm/site)",
+    )
     p.add_argument("--floor-worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.floor_worker:
@@ -218,14 +247,17 @@ def main() -> None:
     if args.full:
         configs.append(Path("config/experiments/fcn_width.yaml"))
     configs = args.config or configs
-    print(f"load average before: {load_average()} ({os.cpu_count()} CPUs)\n")
+    if args.slurm:
+        check_slurm()
+    where = "through SLURM (profiles/slurm)" if args.slurm else f"--cores {CORES}"
+    print(f"workflow {where}; load average before: {load_average()} ({os.cpu_count()} CPUs)\n")
     for config in configs:
         walls: dict[str, list[float]] = {}
         last: dict[str, dict] = {}
         for r in range(args.repeat):
             order = [("floor", None)] + [(f"B={b}", b) for b in args.seeds_per_job]
             for name, b in order if r % 2 == 0 else order[::-1]:
-                result = run_floor(config) if b is None else run_workflow(config, b)
+                result = run_floor(config) if b is None else run_workflow(config, b, args.slurm)
                 walls.setdefault(name, []).append(result["wall"])
                 last[name] = result
                 print(f"  {config.name} {name} run {r + 1}: {result['wall']:.1f} s "
@@ -241,9 +273,9 @@ def main() -> None:
         print(
             "| seeds_per_job | workflow wall, s (median) | runs | ratio to floor "
             "| train jobs | s/job | s/job beyond compute | koopman jobs | s/job "
-            "| s/job beyond compute | other jobs, s |"
+            "| s/job beyond compute | other jobs, s | SLURM jobs |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for b in args.seeds_per_job:
             name = f"B={b}"
             wall = statistics.median(walls[name])
@@ -253,7 +285,8 @@ def main() -> None:
                         if st not in ("train", "koopman") for _, s in jobs)  # fmt: skip
             print(f"| {b} | {wall:.1f} | {', '.join(f'{w:.1f}' for w in walls[name])} "
                   f"| {wall / floor:.2f} | {tr[0]} | {tr[1]:.2f} | {tr[2]:.2f} "
-                  f"| {ko[0]} | {ko[1]:.2f} | {ko[2]:.2f} | {other:.1f} |")  # fmt: skip
+                  f"| {ko[0]} | {ko[1]:.2f} | {ko[2]:.2f} | {other:.1f} "
+                  f"| {last[name]['slurm_jobs']} |")  # fmt: skip
         print(f"\nload average after: {load_average()}")
 
 

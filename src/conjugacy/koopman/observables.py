@@ -3,8 +3,20 @@
 The store is never loaded whole: the Gram route reads it one block of
 parameters at a time (every step of those parameters), the covariance route
 one block of steps at a time (every parameter, with `delays + 1` steps of
-overlap). Both blocks are float64 copies of at most `budget` values, read
-ahead in threads (`readahead` blocks) while the caller computes.
+overlap). Blocks hold at most `budget` values, in the stored dtype, and are
+read ahead in threads (`readahead` reads) while the caller computes.
+
+A chunk is decoded whole however little of it is asked for, so parameter
+blocks are read by span: the blocks that lie in the same chunks (chunks
+larger than a block, as other programs write them: 80 MB for 1 init x 200
+steps x 100 000 float32 values) are read with one read of their whole
+chunks, and handed out one by one as views of it. Each chunk is then decoded
+once, and the blocks, hence the results, are bitwise those of reading the
+blocks one by one. A span
+holds at most SPAN_BLOCKS x `budget` values (or one block): a chunk column
+larger than that is read in several spans, each decoding its chunks again.
+Memory: the reads hold at most `readahead` + 2 spans at a time (the one
+being used, the next one read ahead, the one after it being read).
 """
 
 from __future__ import annotations
@@ -18,7 +30,8 @@ import xarray as xr
 from conjugacy.stores.contract import StoreError, read
 from conjugacy.stores.readahead import DEPTH, prefetch
 
-BUDGET = 1 << 23  # float64 values per block read (64 MiB)
+BUDGET = 1 << 23  # values per block (64 MiB as float64, the dtype of every product)
+SPAN_BLOCKS = 8  # blocks' worth of values one read may span (256 MiB of float32 by default)
 
 
 class Observable:
@@ -34,11 +47,13 @@ class Observable:
         names: list[str],
         window: tuple[int, int] | None = None,
         readahead: int = DEPTH,
+        budget: int = BUDGET,
     ) -> None:
         self.stores = list(ds) if isinstance(ds, list | tuple) else [ds]
         ds = self.ds = self.stores[0]
         self.names = names
         self.readahead = readahead
+        self.budget = budget  # values per parameter block when the caller names none
         steps = ds["step"].values
         if window is None:
             self.t0, self.t1 = 0, len(steps)
@@ -74,12 +89,15 @@ class Observable:
         block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         return block.reshape(block.shape[0], block.shape[1], -1)
 
-    def param_ranges(self, budget: int = BUDGET) -> list[tuple[str, slice, int, int]]:
+    def param_ranges(self, budget: int | None = None) -> list[tuple[str, slice, int, int]]:
         """The parameter blocks, in order: (tensor, rows of its first axis, first value, values).
 
         Values are counted over the concatenated flattened observables, so a
-        block's values are [first, first + values).
+        block's values are [first, first + values). Blocks never straddle two
+        chunks of the first store; a chunk larger than a block is cut in equal
+        blocks.
         """
+        budget = self.budget if budget is None else budget
         per_row_steps = self.inits * self.n_steps
         out, offset = [], 0
         for name in self.names:
@@ -107,16 +125,56 @@ class Observable:
             offset += var.shape[2] * inner
         return out
 
-    def param_blocks(self, budget: int = BUDGET) -> Iterator[np.ndarray]:
+    def chunk_rows(self, name: str) -> list[int]:
+        """Rows of the first tensor axis per chunk of `name`, in every pooled store."""
+        out = []
+        for ds in self.stores:
+            chunks = ds[name].encoding.get("chunks") or ()
+            out.append(int(chunks[2]) if len(chunks) > 2 else 1)  # unknown: any row may start one
+        return out
+
+    def param_spans(
+        self, budget: int | None = None
+    ) -> list[tuple[str, slice, list[tuple[int, int]]]]:
+        """The parameter blocks grouped into reads: (tensor, rows read, blocks' value ranges).
+
+        A span's blocks are consecutive blocks of one tensor that share chunks:
+        a new span starts where a chunk starts in every pooled store, or where
+        the span would exceed SPAN_BLOCKS x budget values. Value ranges are
+        [start, stop) within the span's flattened values.
+        """
+        budget = self.budget if budget is None else budget
+        limit = SPAN_BLOCKS * budget
+        per_row = self.inits * self.n_steps
+        spans: list[tuple[str, slice, list[tuple[int, int]]]] = []
+        name, chunks, inner = None, [], 1
+        for block_name, rows, _, _ in self.param_ranges(budget):
+            if self.ds[block_name].ndim == 2:  # one value per step: its own span
+                spans.append((block_name, rows, [(0, 1)]))
+                name = None
+                continue
+            if block_name != name:
+                name, chunks = block_name, self.chunk_rows(block_name)
+                inner = int(np.prod(self.ds[name].shape[3:], dtype=np.int64))
+            elif any(rows.start % c for c in chunks) and (
+                (rows.stop - spans[-1][1].start) * inner * per_row <= limit
+            ):  # a chunk the span reads goes on past this block: extend the span
+                r0 = spans[-1][1].start
+                spans[-1][2].append(((rows.start - r0) * inner, (rows.stop - r0) * inner))
+                spans[-1] = (name, slice(r0, rows.stop), spans[-1][2])
+                continue
+            spans.append((name, rows, [(0, (rows.stop - rows.start) * inner)]))
+        return spans
+
+    def param_blocks(self, budget: int | None = None) -> Iterator[np.ndarray]:
         """Every step of a block of parameters at a time: (inits, n_steps, p), read ahead.
 
-        In the stored dtype: convert to float64 before any product.
+        In the stored dtype: convert to float64 before any product. Blocks
+        that share chunks are views of one read (`param_spans`).
         """
-        tasks = [
-            partial(self._read, name, 0, self.n_steps, rows)
-            for name, rows, _, _ in self.param_ranges(budget)
-        ]
-        return prefetch(tasks, self.readahead)
+        spans = self.param_spans(budget)
+        tasks = [partial(self._read, name, 0, self.n_steps, rows) for name, rows, _ in spans]
+        return _split(prefetch(tasks, self.readahead), [parts for _, _, parts in spans])
 
     def _step_block(self, a: int, b: int) -> np.ndarray:
         return np.concatenate([self._read(n, a, b) for n in self.names], axis=2, dtype=np.float64)
@@ -137,6 +195,17 @@ class Observable:
                 break
         blocks = prefetch([partial(self._step_block, a, b) for a, b in spans], self.readahead)
         return zip([a for a, _ in spans], blocks, strict=True)
+
+
+def _split(reads: Iterator[np.ndarray], parts: list[list[tuple[int, int]]]) -> Iterator[np.ndarray]:
+    """The blocks of each read span, as views of it, in order."""
+    for ranges, span in zip(parts, reads, strict=True):
+        if len(ranges) == 1:
+            yield span
+        else:
+            for a, b in ranges:
+                yield span[:, :, a:b]
+        del span  # not kept while the next span is read
 
 
 def lift(block: np.ndarray, delays: int) -> np.ndarray:
