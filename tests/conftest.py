@@ -143,3 +143,14 @@ def net_config(**extra) -> dict:
         **extra,
     }
     return {"experiment": "t", "seeds": [0], "conditions": {"net": cond}}
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """torch on one thread for the test: tiny ops on two busy cores are slower with more."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

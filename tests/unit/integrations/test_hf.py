@@ -17,12 +17,7 @@ NAMES = ["transformer.h.*.attn.c_attn.weight", "transformer.wte.weight"]
 STEPS = 12
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on two busy cores are slower with more
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Tokens(torch.utils.data.Dataset):

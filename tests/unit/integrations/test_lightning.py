@@ -17,12 +17,7 @@ NAMES = ["net.*.weight", "net.2.bias"]
 STEPS, BATCH, SAMPLES = 30, 8, 48  # 6 batches an epoch: 5 epochs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on two busy cores are slower with more
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Tiny(pl.LightningModule):

@@ -19,13 +19,7 @@ from conjugacy import cli, config
 from conjugacy.config import ConfigError
 from conjugacy.training.companion import companion_model, eval_steps, run_companion
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny ops on two busy cores are slower with more
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = {"p": 13, "d_model": 16, "n_heads": 2, "d_mlp": 32, "train_fraction": 0.5, "lr": 0.01}
