@@ -455,8 +455,8 @@ def check_koopman(
             f"expected at most {min(lifted, pairs)} or 'full'"
         )
     keep = kcfg.get("keep")
-    if keep is not None and keep > min(lifted, pairs, rank if isinstance(rank, int) else keep):
-        bound = rank if isinstance(rank, int) else min(lifted, pairs)
+    bound = rank if isinstance(rank, int) else min(lifted, pairs)  # an integer rank fits, above
+    if keep is not None and keep > bound:
         raise ConfigError(
             f"{label('keep')}: {keep} modes, but the rank allows at most {bound}; "
             f"expected keep <= {bound}"
