@@ -266,9 +266,11 @@ def main() -> None:
         print(f"\n### {config}\n")
         runs = ", ".join(f"{w:.1f}" for w in walls["floor"])
         imports = ", ".join(f"{t:.1f}" for t in last["floor"]["imports"])
+        train_s, koopman_s = (sum(last["floor"][st].values()) for st in ("train", "koopman"))
         print(
             f"floor (train + spectrum of every seed, {CORES} processes): median {floor:.1f} s "
-            f"of {len(walls['floor'])} ({runs}); imports per process {imports} s\n"
+            f"of {len(walls['floor'])} ({runs}); imports per process {imports} s; "
+            f"compute summed over processes: train {train_s:.1f} s, spectra {koopman_s:.1f} s\n"
         )
         print(
             "| seeds_per_job | workflow wall, s (median) | runs | ratio to floor "

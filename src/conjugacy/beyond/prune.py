@@ -154,16 +154,15 @@ def finetune(
     """`steps` optimizer steps of every init from `params`, masked weights held at zero."""
     import torch
 
+    from conjugacy.systems.determinism import deterministic_torch
     from conjugacy.systems.fcn import FCN
 
-    torch.use_deterministic_algorithms(True)
-    net = FCN({**cfg, "device": "cpu"}, seed)
+    deterministic_torch()
+    # The learning rate goes in the condition: SGD steps of the FCN read it there.
+    net = FCN({**cfg, "device": "cpu", "lr": cfg["lr"] if lr is None else lr}, seed)
     with torch.no_grad():
         for name, value in params.items():
             net.params[name].copy_(torch.from_numpy(value.astype(np.float32)))
-    if lr is not None:
-        for group in net.optimizer.param_groups:
-            group["lr"] = lr
     keep = {n: torch.from_numpy(m.astype(np.float32)) for n, m in masks.items()}
     for _ in range(steps):
         net.step()

@@ -134,10 +134,30 @@ def base_init(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[
     return out
 
 
+def make_optimizer(params: dict[str, torch.Tensor], cond: dict[str, Any]) -> torch.optim.Optimizer:
+    """The condition's torch optimizer over the stacked tensors (one per init, in effect)."""
+    opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cond["optimizer"]]
+    return opt_cls(list(params.values()), lr=cond["lr"])
+
+
 class FCN:
     """N nets of one seed: init 0 the base init, inits 1..N-1 perturbed copies."""
 
     closed_form = False  # SGD with the gradients written out (set for plain FCNs with SGD)
+    _optimizer = None
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The torch optimizer, made when first used: plain SGD's written-out steps never use
+        it, and the first torch.optim optimizer of a process imports torch's compiler (about
+        1 s of every training job here)."""
+        if self._optimizer is None:
+            self._optimizer = make_optimizer(self.params, self.cond)
+        return self._optimizer
+
+    @optimizer.setter
+    def optimizer(self, value: torch.optim.Optimizer) -> None:  # systems with their own
+        self._optimizer = value
 
     def __init__(self, cond: dict[str, Any], seed: int, device: str = "cpu") -> None:
         self.cond = cond
@@ -148,8 +168,6 @@ class FCN:
         base = base_init(shapes, gen)
         eps = cond["init_perturbation"]
         self.params = stack_inits(base, self.inits, eps, gen, self.device)
-        opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cond["optimizer"]]
-        self.optimizer = opt_cls(list(self.params.values()), lr=cond["lr"])
         self.closed_form = cond["optimizer"] == "sgd"
         x, y = load_dataset(cond["dataset"], cond.get("data_dir"))
         (x, y), _ = split_holdout(x, y, cond.get("holdout"))  # train on the rest
@@ -184,16 +202,19 @@ class FCN:
 
     def state(self) -> dict[str, Any]:
         """Weights, optimizer state and data order: what the next steps depend on."""
-        return {
+        state = {
             "params": saved_params(self.params),
-            "optimizer": self.optimizer.state_dict(),
             "rng": self.rng.bit_generator.state,
             "order": self.order.copy(),
         }
+        if not self.closed_form:  # plain SGD has no optimizer state
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         restore_params(self.params, state["params"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if not self.closed_form:
+            self.optimizer.load_state_dict(state["optimizer"])
         self.rng.bit_generator.state = state["rng"]
         self.order = state["order"].copy()
 

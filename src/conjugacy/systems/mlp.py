@@ -55,8 +55,6 @@ class MLP(FCN):
         base = base_init(tensor_shapes(cond), gen)
         eps = cond["init_perturbation"]
         self.params = stack_inits(base, self.inits, eps, gen, self.device)
-        opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cond["optimizer"]]
-        self.optimizer = opt_cls(list(self.params.values()), lr=cond["lr"])
         x, y = regression_data(cond["inputs"], cond["samples"], cond["noise"])
         self.x = torch.from_numpy(x).to(self.device)
         self.y = torch.from_numpy(y).to(self.device)

@@ -73,12 +73,12 @@ def companion_model(cond: dict[str, Any], seed: int, dtype: str = "float32"):
     The float32 model is exactly init 0 of the seed's trajectory system; the
     float64 one starts from the same values, widened.
     """
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     import torch
 
+    from conjugacy.systems.determinism import deterministic_torch
     from conjugacy.systems.transformer import Transformer
 
-    torch.use_deterministic_algorithms(True)
+    deterministic_torch()
     model = Transformer({**cond, "inits": 1}, seed, device=cond["device"])
     if dtype == "float64":
         with torch.no_grad():  # the optimizer holds these tensors and has no state yet

@@ -40,10 +40,9 @@ log = logging.getLogger(__name__)
 def make_system(cond: dict[str, Any], seed: int):
     """The batched system of a condition: a toy optimizer or a stack of nets."""
     if cond["system"] in ("fcn", "mlp", "cnn", "transformer"):
-        # cuBLAS is deterministic only with a fixed workspace; set before CUDA starts.
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         import torch
 
+        from conjugacy.systems.determinism import deterministic_torch
         from conjugacy.systems.fcn import FCN
 
         if cond["device"] == "cuda" and not torch.cuda.is_available():
@@ -51,9 +50,7 @@ def make_system(cond: dict[str, Any], seed: int):
                 "device: cuda is set but torch finds no CUDA device "
                 f"(torch {torch.__version__}); set device: cpu or run where a GPU is visible"
             )
-        torch.use_deterministic_algorithms(True)
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
+        deterministic_torch()
         if cond["system"] == "cnn":
             from conjugacy.systems.cnn import CNN
 

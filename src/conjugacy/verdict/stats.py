@@ -60,11 +60,9 @@ class Verdict:
     ratio_level: float = float("nan")  # its coverage, 1 - 2 alpha
 
 
-def _split_stat(w: np.ndarray, in_a: np.ndarray) -> float:
-    """mean W between the two groups minus mean W within them (pairs i < j)."""
-    iu = np.triu_indices(len(in_a), k=1)
+def _split_stat(d: np.ndarray, iu: tuple[np.ndarray, np.ndarray], in_a: np.ndarray) -> float:
+    """mean W between the two groups minus mean W within them; d = W[iu], iu the pairs i < j."""
     same = in_a[iu[0]] == in_a[iu[1]]
-    d = w[iu]
     return float(d[~same].mean() - d[same].mean())
 
 
@@ -92,11 +90,13 @@ def permutation_p(
     Ties with the observed statistic count as at least as extreme.
     """
     n = w.shape[0]
+    iu = np.triu_indices(n, k=1)
+    d = w[iu]
     observed = np.arange(n) < n_a
-    t_obs = _split_stat(w, observed)
+    t_obs = _split_stat(d, iu, observed)
     exact = math.comb(n, n_a) <= permutations
     rng = np.random.default_rng(seed)
-    stats = np.array([_split_stat(w, m) for m in _splits(n_a, n, permutations, rng)])
+    stats = np.array([_split_stat(d, iu, m) for m in _splits(n_a, n, permutations, rng)])
     hits = int(np.count_nonzero(stats >= t_obs - 1e-12 * max(abs(t_obs), 1e-300)))
     if exact:
         # Swapping the groups gives the same split when the sizes are equal.

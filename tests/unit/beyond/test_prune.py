@@ -207,3 +207,25 @@ def test_prune_command_refuses_bad_input(trained, tmp_path, capsys):
     assert main(["prune", str(trained), "-o", str(out), "--window", "0:500"]) == 2
     assert "option --window" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_finetune_uses_its_learning_rate():
+    """finetune_lr is the SGD step size of the fine-tuning: the same steps as a condition with
+    that lr, and not those of the condition's own lr."""
+    from conjugacy.beyond.prune import finetune
+
+    cond = config.resolve(net_config())["conditions"]["net"]
+    rng = np.random.default_rng(0)
+    params = {
+        "fc1.weight": rng.normal(0, 0.1, (2, 4, 64)),
+        "fc2.weight": rng.normal(0, 0.3, (2, 10, 4)),
+    }
+    masks = {n: rng.random(v.shape[1:]) > 0.5 for n, v in params.items()}
+    given = finetune(cond, 0, params, masks, 5, 0.02)
+    as_condition = finetune({**cond, "lr": 0.02}, 0, params, masks, 5, None)
+    own = finetune(cond, 0, params, masks, 5, None)
+    assert cond["lr"] != 0.02
+    for name in params:
+        assert np.array_equal(given[name], as_condition[name])
+        assert not np.allclose(given[name], own[name])
+        assert np.all(given[name][:, ~masks[name]] == 0)  # pruned weights stay at zero
