@@ -21,9 +21,9 @@ Families (each seed: new initial conditions, new observation map, new noise):
     elementwise (a diffeomorphism), Q random orthogonal; 20 delays, rank 40,
     keep the 4 modes of most energy.
   - `omd-ogd`: the optimizer toys (conjugacy.systems.toys): OMD on
-    f(x) = sum tan(x_i) observed in x, OGD observed in u = log x, started at
-    u0 = log x0 of the same jittered grid (`start: omd`); 20 delays, full
-    rank, keep 4.
+    f(x) = sum tan(x_i) and OGD started at u0 = log x0 of the same jittered
+    grid (`start: omd`), both observed in x (OGD's iterate through
+    x = exp(u)); 20 delays, full rank, keep 4.
 - not conjugate (both conditions through random orthogonal maps)
   - `decay`: B's slow decay rate 0.95 -> 0.95 + delta (`--delta`, 0.01).
   - `rotation`: B's slow rotation rate 0.3 -> 0.31 rad per step.
@@ -32,11 +32,13 @@ Families (each seed: new initial conditions, new observation map, new noise):
     orthonormal columns).
 - `power`: the decay family at each of `--deltas` (delta 0 is a conjugate pair
   with identical designs on both sides).
-- diagnostics (`--diagnostic-experiments` each): the two nonlinear families
-  without keep (2 delays, rank 4; 4 delays, full rank: the settings that
-  call them "not conjugate"), `omd-ogd, both in x` (OGD seen in x = exp(u),
-  like OMD), and the decay family (not conjugate) at the nonlinear families'
-  settings, with keep 4 and with keep 6 (more modes than the system has).
+- diagnostics (`--diagnostic-experiments` each): the nonlinear-coordinates
+  family without keep (2 delays, rank 4), OMD and OGD with OGD observed in
+  its own coordinate u = log x (as the workflow records it), with keep
+  (`omd-ogd, OGD in u`) and without (4 delays, full rank, as
+  config/experiments/omd_ogd.yaml), and the decay family (not conjugate) at
+  the nonlinear families' settings, with keep 4 and with keep 6 (more modes
+  than the system has).
 
 Linear families: 4 inits x 50 steps, x0 ~ N(0, I), no delays, full rank.
 Toys: 9 inits (a 3 x 3 grid in [0.1, 0.9]^2, jitter 0.5), 60 steps, lr 0.01.
@@ -50,7 +52,9 @@ are independent of each other, those of two seed counts are not.
 Writes under --out: experiments.csv (one row per family, delta, seed count
 and experiment: ratio, p, interval, verdict), summary.csv (rates with exact
 95% binomial intervals, the power curve), auroc.csv (AUROC of the ratio),
-summary.md (their tables) and run.json (the settings and wall times). The
+summary.md (their tables), run.json (the settings and wall times) and
+spectra.npz (every seed's eigenvalues: `--recompare` redoes the verdicts from
+them with the current compare stage, without simulating again). The
 tables and the run of docs/calibration.md (about 32 min on 2 loaded cores):
 
     python benchmarks/calibration.py --experiments 200 --seeds 5 10 25 --out build/calibration
@@ -206,7 +210,7 @@ def families(delta: float) -> list[Family]:
     return [
         Family("linear-maps", True, linear(BASE), linear(BASE, how="invertible")),
         Family("nonlinear-coords", True, linear(BASE), warped(CUBIC), WARPED_KOOPMAN),
-        Family("omd-ogd", True, toy("omd"), toy("ogd"), TOY_KOOPMAN),
+        Family("omd-ogd", True, toy("omd"), toy("ogd", np.exp), TOY_KOOPMAN),
         decay(delta),
         Family("rotation", False, linear(BASE), linear(rotated)),
         Family("extra-mode", False, linear(BASE, observed=6), linear((*BASE, EXTRA))),
@@ -214,15 +218,15 @@ def families(delta: float) -> list[Family]:
 
 
 def diagnostics(delta: float) -> list[Family]:
-    """What keep changes: the nonlinear families without it, OMD and OGD both seen in x, and
-    the power of the nonlinear families' settings on a non-conjugate pair, with keep at the
-    system's 4 modes and above them."""
+    """What keep changes: the nonlinear families without it, OGD seen in its own coordinate
+    u = log x (with and without keep), and the power of the nonlinear families' settings on a
+    non-conjugate pair, with keep at the system's 4 modes and above them."""
     changed = ((BASE[0][0] + delta, BASE[0][1]), BASE[1])
     too_many = WARPED_KOOPMAN | {"keep": 6}
     out = [
         Family("nonlinear-coords, no keep", True, linear(BASE), warped(CUBIC), PLAIN_WARPED),
-        Family("omd-ogd, no keep", True, toy("omd"), toy("ogd"), PLAIN_TOY),
-        Family("omd-ogd, both in x", True, toy("omd"), toy("ogd", np.exp), TOY_KOOPMAN),
+        Family("omd-ogd, OGD in u, no keep", True, toy("omd"), toy("ogd"), PLAIN_TOY),
+        Family("omd-ogd, OGD in u", True, toy("omd"), toy("ogd"), TOY_KOOPMAN),
         Family("decay, keep 4", False, linear(BASE), linear(changed), WARPED_KOOPMAN, delta),
         Family("decay, keep 6", False, linear(BASE), linear(changed), too_many, delta),
     ]
@@ -233,13 +237,21 @@ def diagnostics(delta: float) -> list[Family]:
 
 def experiment(
     fam: Family, rng: np.random.Generator, seeds: list[int], options: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """One experiment: max(seeds) seeds per condition, a verdict at each seed count."""
+) -> tuple[list[dict[str, Any]], dict[str, list[np.ndarray]]]:
+    """One experiment: max(seeds) seeds per condition, a verdict at each seed count; the rows
+    and the spectra."""
     most = max(seeds)
     spectra: dict[str, list[np.ndarray]] = {"A": [], "B": []}
     for _ in range(most):
         for cond, sim in (("A", fam.a), ("B", fam.b)):
             spectra[cond].append(conjugacy.spectrum(sim(rng), **fam.koopman))
+    return verdicts(spectra, seeds, options), spectra
+
+
+def verdicts(
+    spectra: dict[str, list[np.ndarray]], seeds: list[int], options: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """The compare stage's verdict on the first n spectra of each condition, for each n."""
     rows = []
     for n in seeds:
         table = conjugacy.compare({c: s[:n] for c, s in spectra.items()}, **options)
@@ -259,6 +271,12 @@ def experiment(
     return rows
 
 
+def describe(fam: Family, e: int) -> dict[str, Any]:
+    """The columns that name an experiment in experiments.csv."""
+    return {"group": fam.group, "family": fam.name, "known_conjugate": fam.conjugate,
+            "delta": fam.delta, "experiment": e}  # fmt: skip
+
+
 def run_family(
     fam: Family,
     experiments: int,
@@ -266,22 +284,73 @@ def run_family(
     options: dict[str, Any],
     seed: int,
     log: Callable[[str], None] | None = None,
-) -> pd.DataFrame:
-    """`experiments` independent experiments of one family.
+) -> tuple[pd.DataFrame, list[tuple[dict[str, Any], dict[str, list[np.ndarray]]]]]:
+    """`experiments` independent experiments of one family: the rows, and each experiment's
+    description and spectra.
 
     Experiment e draws from the stream (seed, family, e): the first k experiments are the
     same whatever else runs and however many follow.
     """
-    rows = []
+    rows, kept = [], []
     start = time.perf_counter()
     key = zlib.crc32(f"{fam.name}|{fam.delta:g}".encode())
     for e in range(experiments):
         rng = np.random.default_rng([seed, key, e])
-        for row in experiment(fam, rng, seeds, options):
-            rows.append({"group": fam.group, "family": fam.name, "known_conjugate": fam.conjugate,
-                         "delta": fam.delta, "experiment": e, **row})  # fmt: skip
+        found, spectra = experiment(fam, rng, seeds, options)
+        rows += [describe(fam, e) | row for row in found]
+        kept.append((describe(fam, e), spectra))
         if log and (e + 1) % max(1, experiments // 4) == 0 and e + 1 < experiments:
             log(f"  {fam.name}: {e + 1}/{experiments} in {time.perf_counter() - start:.0f} s")
+    return pd.DataFrame(rows), kept
+
+
+def save_spectra(path: Path, kept: list[tuple[dict[str, Any], dict[str, list[np.ndarray]]]]):
+    """Every seed's eigenvalues, as plain arrays (np.load needs no pickle): spectra.npz."""
+    names = sorted({d["family"] for d, _ in kept})
+    cols: dict[str, list] = {k: [] for k in ("experiment", "family", "condition", "seed", "size")}
+    meta = {d["family"]: {"group": d["group"], "known_conjugate": bool(d["known_conjugate"]),
+            "delta": float(d["delta"])} for d, _ in kept}  # fmt: skip
+    values = []
+    for d, spectra in kept:
+        for c, cond in enumerate(("A", "B")):
+            for i, ev in enumerate(spectra[cond]):
+                cols["experiment"].append(d["experiment"])
+                cols["family"].append(names.index(d["family"]))
+                cols["condition"].append(c)
+                cols["seed"].append(i)
+                cols["size"].append(ev.size)
+                values.append(np.asarray(ev, dtype=np.complex128))
+    arrays = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}
+    families = json.dumps([{"name": n, **meta[n]} for n in names])
+    np.savez_compressed(path, values=np.concatenate(values), families=np.array(families), **arrays)
+
+
+def load_spectra(path: Path) -> list[tuple[dict[str, Any], dict[str, list[np.ndarray]]]]:
+    """What save_spectra wrote, in its order."""
+    with np.load(path, allow_pickle=False) as z:
+        families = json.loads(str(z["families"]))
+        cols = {k: z[k] for k in ("experiment", "family", "condition", "seed", "size")}
+        values = z["values"]
+    offsets = np.concatenate([[0], np.cumsum(cols["size"])])
+    out: dict[tuple[int, int], dict[str, list[np.ndarray]]] = {}
+    for r in range(cols["size"].size):
+        key = (int(cols["family"][r]), int(cols["experiment"][r]))
+        cond = "AB"[int(cols["condition"][r])]
+        out.setdefault(key, {"A": [], "B": []})[cond].append(values[offsets[r] : offsets[r + 1]])
+    kept = []
+    for (f, e), spectra in out.items():
+        fam = families[f]
+        desc = {"group": fam["group"], "family": fam["name"]}
+        desc |= {k: fam[k] for k in ("known_conjugate", "delta")} | {"experiment": e}
+        kept.append((desc, spectra))
+    return kept
+
+
+def recompare(out: Path, seeds: list[int], options: dict[str, Any]) -> pd.DataFrame:
+    """The verdicts again, by the current compare stage, from the spectra a run saved."""
+    rows = []
+    for desc, spectra in load_spectra(out / "spectra.npz"):
+        rows += [desc | row for row in verdicts(spectra, seeds, options)]
     return pd.DataFrame(rows)
 
 
@@ -435,19 +504,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--summarize", action="store_true", help="only redo the tables from --out/experiments.csv"
     )
+    parser.add_argument(
+        "--recompare",
+        action="store_true",
+        help="only redo the verdicts (current compare code) from --out/spectra.npz, and the tables",
+    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     if args.summarize:
         report(pd.read_csv(args.out / "experiments.csv"), args.out)
         return
     options = {"permutations": args.permutations, "bootstrap": args.bootstrap}
+    if args.recompare:
+        df = recompare(args.out, args.seeds, options)
+        df.to_csv(args.out / "experiments.csv", index=False)
+        report(df, args.out)
+        return
     power_n = args.experiments if args.power_experiments is None else args.power_experiments
     todo = [(f, args.experiments) for f in families(args.delta)]
     if args.families is not None:
         todo = [(f, n) for f, n in todo if f.name in args.families]
     todo += [(decay(d, "power"), power_n) for d in args.deltas]
     todo += [(f, args.diagnostic_experiments) for f in diagnostics(args.delta)]
-    frames, walls = [], {}
+    frames, walls, kept = [], {}, []
     begin = time.perf_counter()
 
     def log(msg: str) -> None:
@@ -458,11 +537,14 @@ def main(argv: list[str] | None = None) -> None:
             continue
         name = fam.name if fam.group != "power" else f"power, delta {fam.delta:g}"
         t = time.perf_counter()
-        frames.append(run_family(fam, n, args.seeds, options, args.seed, log))
+        frame, spectra = run_family(fam, n, args.seeds, options, args.seed, log)
+        frames.append(frame)
+        kept += spectra
         walls[name] = round(time.perf_counter() - t, 1)
         log(f"{name}: {n} experiments, {walls[name]:.0f} s")
     df = pd.concat(frames, ignore_index=True)
     df.to_csv(args.out / "experiments.csv", index=False)
+    save_spectra(args.out / "spectra.npz", kept)
     total = time.perf_counter() - begin
     settings = vars(args) | {"out": str(args.out), "alpha": ALPHA, "inits": INITS}
     settings |= {"steps": STEPS, "noise": NOISE, "toy_steps": TOY_STEPS, "toy_lr": TOY_LR}

@@ -109,7 +109,7 @@ def run_workflow(config: Path, seeds_per_job: int, slurm: bool = False) -> dict:
         args = ["snakemake", *(SLURM if slurm else ["--cores", str(CORES)])]
         args += ["--configfile", str(config)]
         args += ["--config", f"seeds_per_job={seeds_per_job}", "--quiet", "all"]
-        start = time.perf_counter()
+        start, epoch = time.perf_counter(), time.time()
         run = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
         wall = time.perf_counter() - start
         if run.returncode:
@@ -117,7 +117,10 @@ def run_workflow(config: Path, seeds_per_job: int, slurm: bool = False) -> dict:
         experiment = next((root / "results").iterdir())
         logs = root / ".snakemake" / "slurm_logs"
         submitted = sum(1 for _ in logs.rglob("*.log")) if logs.is_dir() else 0
-        return {"wall": wall, "jobs": read_benchmarks(experiment), "slurm_jobs": submitted}
+        # When the last spectrum was sealed: the stages the floor also runs were done.
+        sealed = max(f.stat().st_mtime for f in (experiment / "spectra").rglob("*") if f.is_file())
+        return {"wall": wall, "jobs": read_benchmarks(experiment), "slurm_jobs": submitted,
+                "spectra_done": sealed - epoch}  # fmt: skip
 
 
 def floor_worker(config: str, part: int, parts: int, out: str) -> None:
@@ -253,12 +256,15 @@ def main() -> None:
     print(f"workflow {where}; load average before: {load_average()} ({os.cpu_count()} CPUs)\n")
     for config in configs:
         walls: dict[str, list[float]] = {}
+        spectra_done: dict[str, list[float]] = {}
         last: dict[str, dict] = {}
         for r in range(args.repeat):
             order = [("floor", None)] + [(f"B={b}", b) for b in args.seeds_per_job]
             for name, b in order if r % 2 == 0 else order[::-1]:
                 result = run_floor(config) if b is None else run_workflow(config, b, args.slurm)
                 walls.setdefault(name, []).append(result["wall"])
+                if b is not None:
+                    spectra_done.setdefault(name, []).append(result["spectra_done"])
                 last[name] = result
                 print(f"  {config.name} {name} run {r + 1}: {result['wall']:.1f} s "
                       f"(load {load_average()})", flush=True)  # fmt: skip
@@ -274,10 +280,10 @@ def main() -> None:
         )
         print(
             "| seeds_per_job | workflow wall, s (median) | runs | ratio to floor "
-            "| train jobs | s/job | s/job beyond compute | koopman jobs | s/job "
-            "| s/job beyond compute | other jobs, s | SLURM jobs |"
+            "| last spectrum at, s (ratio) | train jobs | s/job | s/job beyond compute "
+            "| koopman jobs | s/job | s/job beyond compute | other jobs, s | SLURM jobs |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for b in args.seeds_per_job:
             name = f"B={b}"
             wall = statistics.median(walls[name])
@@ -285,8 +291,10 @@ def main() -> None:
             ko = overhead(last[name], last["floor"], "koopman")
             other = sum(s for st, jobs in last[name]["jobs"].items()
                         if st not in ("train", "koopman") for _, s in jobs)  # fmt: skip
+            done = statistics.median(spectra_done[name])
             print(f"| {b} | {wall:.1f} | {', '.join(f'{w:.1f}' for w in walls[name])} "
-                  f"| {wall / floor:.2f} | {tr[0]} | {tr[1]:.2f} | {tr[2]:.2f} "
+                  f"| {wall / floor:.2f} | {done:.1f} ({done / floor:.2f}) "
+                  f"| {tr[0]} | {tr[1]:.2f} | {tr[2]:.2f} "
                   f"| {ko[0]} | {ko[1]:.2f} | {ko[2]:.2f} | {other:.1f} "
                   f"| {last[name]['slurm_jobs']} |")  # fmt: skip
         print(f"\nload average after: {load_average()}")

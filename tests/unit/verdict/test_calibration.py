@@ -18,6 +18,8 @@ import pandas as pd
 import pytest
 from scipy.stats import binom
 
+import conjugacy
+
 REPO = Path(__file__).resolve().parents[3]
 
 
@@ -48,7 +50,7 @@ def family(name: str) -> cal.Family:
 
 
 def verdicts(name: str, experiments: int = EXPERIMENTS) -> pd.Series:
-    table = cal.run_family(family(name), experiments, SEEDS, OPTIONS, cal.SEED)
+    table, _ = cal.run_family(family(name), experiments, SEEDS, OPTIONS, cal.SEED)
     return table.set_index("experiment")["verdict"]
 
 
@@ -83,6 +85,18 @@ def test_system_has_the_eigenvalues_asked_for():
     lam = np.linalg.eigvals(cal.system(cal.BASE))
     want = [r * np.exp(s * 1j * t) for r, t in cal.BASE for s in (1, -1)]
     np.testing.assert_allclose(np.sort_complex(lam), np.sort_complex(np.array(want)), atol=1e-12)
+
+
+def test_ogd_in_u_keeps_other_modes_than_omd_in_x():
+    """Why OGD recorded in u = log x is not the positive control: the 4 modes of most energy
+    of its computed spectrum include one at eigenvalue ~1 (u's offset), OMD's in x do not, in
+    every seed; the computed spectra differ by more than their seed-to-seed spread."""
+    fam = family("omd-ogd, OGD in u")
+    rng = np.random.default_rng(5)
+    for _ in range(3):
+        omd = conjugacy.spectrum(fam.a(rng), **fam.koopman)
+        ogd = conjugacy.spectrum(fam.b(rng), **fam.koopman)
+        assert np.abs(omd).max() < 0.998 < 0.9995 < np.abs(ogd).max()
 
 
 def test_ogd_seen_in_x_starts_where_omd_starts():
@@ -135,22 +149,23 @@ def results() -> dict[str, pd.DataFrame]:
         "power",
         "nonlinear-coords",
         "omd-ogd",
-        "omd-ogd, both in x",
+        "omd-ogd, OGD in u",
         "decay",
         "rotation",
         "extra-mode",
         "decay, keep 4",
     ]
-    return {n: cal.run_family(family(n), EXPERIMENTS, SEEDS, OPTIONS, cal.SEED) for n in names}
+    return {n: cal.run_family(family(n), EXPERIMENTS, SEEDS, OPTIONS, cal.SEED)[0] for n in names}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", ["linear-maps", "power", "nonlinear-coords", "omd-ogd", "omd-ogd, both in x"]
+    "name", ["linear-maps", "power", "nonlinear-coords", "omd-ogd", "omd-ogd, OGD in u"]
 )
 def test_false_not_conjugate_rate_is_at_most_alpha_plus_margin(results, name):
     """Conjugate pairs in the same, linearly or nonlinearly related coordinates (the last with
-    enough delays and rank, and keep)."""
+    enough delays and rank, and keep). OGD in u is within the margin here; over 200
+    experiments its 5-seed rate is above alpha (docs/calibration.md, and the test below)."""
     false = int((results[name]["verdict"] == "not conjugate").sum())
     assert false <= MAX_FALSE, f"{name}: {false} of {EXPERIMENTS} called not conjugate"
 
@@ -171,8 +186,26 @@ def test_ratio_ranks_non_conjugate_above_conjugate_pairs(results):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["nonlinear-coords, no keep", "omd-ogd, no keep"])
+@pytest.mark.parametrize("name", ["nonlinear-coords, no keep", "omd-ogd, OGD in u, no keep"])
 def test_without_keep_nonlinear_coordinates_look_not_conjugate(name):
     """What keep fixes: a low rank (or full rank of few delays) mixes the harmonics of the change
     of coordinates into the compared eigenvalues, and the verdict sees the shift."""
     assert (verdicts(name, 5) == "not conjugate").sum() >= 3
+
+
+def test_saved_spectra_give_the_same_verdicts(tmp_path):
+    """spectra.npz holds every seed's eigenvalues bit for bit (no pickle); --recompare's
+    verdicts from them equal the run's."""
+    rows, kept = cal.run_family(family("linear-maps"), 3, [3, 4], OPTIONS, cal.SEED)
+    more, kept_b = cal.run_family(family("decay"), 2, [3, 4], OPTIONS, cal.SEED)
+    cal.save_spectra(tmp_path / "spectra.npz", kept + kept_b)
+    loaded = cal.load_spectra(tmp_path / "spectra.npz")
+    pd.testing.assert_frame_equal(
+        pd.DataFrame([d for d, _ in loaded]), pd.DataFrame([d for d, _ in kept + kept_b])
+    )
+    for (_, a), (_, b) in zip(loaded, kept + kept_b, strict=True):
+        for cond in "AB":
+            assert len(a[cond]) == len(b[cond]) == 4
+            assert all(np.array_equal(x, y) for x, y in zip(a[cond], b[cond], strict=True))
+    again = cal.recompare(tmp_path, [3, 4], OPTIONS)
+    pd.testing.assert_frame_equal(again, pd.concat([rows, more], ignore_index=True))
