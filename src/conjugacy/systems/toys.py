@@ -81,7 +81,10 @@ class Toy:
         self.inits = self.x.shape[0]
 
     def snapshot(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
-        """The iterate x (the toys' only tensor), (inits, dim)."""
+        """The iterate x (the toys' only tensor), (inits, dim); OGD's u seen through exp with
+        `recorded_in: x`."""
+        if self.cond.get("recorded_in") == "x":
+            return {"x": np.exp(self.x)}
         return {"x": self.x.copy()}
 
     def state(self) -> dict[str, np.ndarray]:

@@ -126,3 +126,21 @@ def test_the_matched_condition_trains_into_a_trajectory(conditions, tmp_path):
     x0 = Toy(conditions["omd"], 2).x0
     start = u[:, 0] if u.shape[1] == 100 else u[0]
     np.testing.assert_allclose(np.exp(start), x0, rtol=1e-15)
+
+
+def test_ogd_recorded_in_x_is_exp_of_the_recording_in_u(conditions, tmp_path):
+    """`recorded_in: x` records exp(u) of the very same OGD run (its state stays u), so the
+    matched pair OMD / OGD can be compared in OMD's coordinate."""
+    import xarray as xr
+
+    from conjugacy.training.train import train
+
+    in_u = train(conditions["ogd_matched"], 3, tmp_path / "u.zarr", progress=False)
+    in_x = train(conditions["ogd_matched_x"], 3, tmp_path / "x.zarr", progress=False)
+    assert conditions["ogd_matched_x"]["recorded_in"] == "x"
+    assert conditions["ogd_matched"]["recorded_in"] == "u"
+    u = xr.open_zarr(in_u, consolidated=False)
+    x = xr.open_zarr(in_x, consolidated=False)
+    np.testing.assert_array_equal(x["x"].values, np.exp(u["x"].values))
+    np.testing.assert_array_equal(x["loss"].values, u["loss"].values)
+    np.testing.assert_allclose(x["x"].values[:, 0], Toy(conditions["omd"], 3).x0, rtol=1e-15)
