@@ -61,6 +61,10 @@ bench: install
 	python benchmarks/koopman_vs_dsa.py --tmp $(BENCH_TMP) --out $(BENCH_TMP)/koopman_vs_dsa.json
 	python benchmarks/training.py --steps 1000 10000 --repeats 3
 	python benchmarks/dmd_engine.py
+	python benchmarks/workflow_overhead.py --config config/experiments/fcn_width.yaml \
+		--seeds-per-job 5 13 --repeat 2
+	python benchmarks/calibration.py --experiments 200 --seeds 5 10 25 \
+		--out $(BENCH_TMP)/calibration
 
 bench-slurm: install
 	bash benchmarks/slurm_overhead.sh
