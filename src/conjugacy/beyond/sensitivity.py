@@ -263,19 +263,26 @@ def grid_spectra(
 
 
 def grid_bytes(
-    inits: int, steps: int, values: int, delays: list[int], pca: int | None, tall: bool
+    inits: int,
+    steps: int,
+    values: int,
+    delays: list[int],
+    pca: int | None,
+    tall: bool,
+    reads: int | None = None,
 ) -> int:
     """An estimate of the grid's peak memory, from the sizes alone (before any read).
 
     Gram route: the plain Gram, one lifted copy and the eigensolver's copy
     (three (inits * steps)^2 matrices); covariance route: the lag products of
-    the largest delay, a smaller delay's copy and three lifted-dimension squares.
+    the largest delay, a smaller delay's copy and three lifted-dimension squares;
+    plus `reads` (Observable.read_bytes), by default three float64 blocks.
     """
     values, big = pca or values, max(delays)
     squares = 2 * (big + 2) ** 2 * values**2 + 3 * (values * (big + 1)) ** 2
     if pca is not None or tall:
         squares = max(squares, 3 * (inits * steps) ** 2)
-    return 8 * (squares + 3 * BUDGET)
+    return 8 * squares + (8 * 3 * BUDGET if reads is None else reads)
 
 
 def grid_dataset(
@@ -355,7 +362,8 @@ def write_sensitivity(
         steps = [s for s in steps if opts.window[0] <= s < opts.window[1]]
     values = sum(int(np.prod(shapes[n], dtype=np.int64)) for n in names)
     tall = any((opts.pca or values) * (d + 1) > inits * (len(steps) - d - 1) for d in delays)
-    need = grid_bytes(inits, len(steps), values, delays, opts.pca, tall)
+    obs = Observable(stores, names, opts.window, readahead=opts.readahead)
+    need = grid_bytes(inits, len(steps), values, delays, opts.pca, tall, obs.read_bytes())
     limit = max_memory or machine_memory()
     if need > limit:
         raise StoreError(
@@ -383,7 +391,6 @@ def write_sensitivity(
         log.warning("%s: %s; wrote an excluded sensitivity store", where, reason)
         write_dataset(result, out, role="sensitivity", status="excluded")
         return result
-    obs = Observable(stores, names, opts.window, readahead=opts.readahead)
     try:
         points = grid_spectra(obs, opts, delays, ranks)
     except DMDError as exc:

@@ -166,6 +166,27 @@ class Observable:
             spans.append((name, rows, [(0, (rows.stop - rows.start) * inner)]))
         return spans
 
+    def read_bytes(self, budget: int | None = None) -> int:
+        """The most bytes a pass's reads hold at once: readahead + 2 of its largest read.
+
+        A read is a span of parameter blocks (param_blocks, in the stored
+        dtype: up to SPAN_BLOCKS blocks when chunks are large) or a block of
+        steps (step_blocks, `budget` float64 values); the larger bounds both.
+        """
+        budget = self.budget if budget is None else budget
+        per_row = self.inits * self.n_steps
+        largest = 8 * budget
+        for name, rows, _ in self.param_spans(budget):
+            var = self.ds[name]
+            if var.ndim == 2:
+                values = per_row
+            else:
+                stop = var.shape[2] if rows.stop is None else rows.stop
+                inner = int(np.prod(var.shape[3:], dtype=np.int64))
+                values = (stop - (rows.start or 0)) * inner * per_row
+            largest = max(largest, values * var.dtype.itemsize)
+        return (self.readahead + 2) * largest
+
     def param_blocks(self, budget: int | None = None) -> Iterator[np.ndarray]:
         """Every step of a block of parameters at a time: (inits, n_steps, p), read ahead.
 

@@ -307,12 +307,16 @@ def machine_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def peak_bytes(inits: int, steps: int, values: int, delays: int, pca: int | None) -> int:
+def peak_bytes(
+    inits: int, steps: int, values: int, delays: int, pca: int | None, reads: int | None = None
+) -> int:
     """An estimate of a decomposition's peak memory, from the sizes alone (before any read).
 
     The squared matrix dominates: three (inits * steps)^2 float64 matrices on
     the Gram and PCA routes, the lag products and three lifted-dimension
-    squares on the covariance route; plus the blocks read at a time.
+    squares on the covariance route; plus `reads`, the bytes the reads hold
+    at once (Observable.read_bytes: large chunks make large reads), by
+    default three float64 blocks.
     """
     lifted = (pca or values) * (delays + 1)
     pairs = inits * (steps - delays - 1)
@@ -320,18 +324,13 @@ def peak_bytes(inits: int, steps: int, values: int, delays: int, pca: int | None
         squares = 3 * (inits * steps) ** 2
     else:
         squares = (delays + 2) ** 2 * values**2 + 3 * lifted**2
-    return 8 * (squares + 3 * BUDGET)
+    return 8 * squares + (8 * 3 * BUDGET if reads is None else reads)
 
 
-def check_memory(
-    ds: xr.Dataset, names: list[str], opts: KoopmanOptions, limit: int, path, inits: int
-) -> None:
+def check_memory(obs: Observable, opts: KoopmanOptions, limit: int, path) -> None:
     """Stop before reading when the decomposition would need more than `limit` bytes."""
-    steps = [int(s) for s in ds["step"].values]
-    if opts.window is not None:
-        steps = [s for s in steps if opts.window[0] <= s < opts.window[1]]
-    values = sum(int(np.prod(ds[n].shape[2:], dtype=np.int64)) for n in names)
-    need = peak_bytes(inits, len(steps), values, opts.delays, opts.pca)
+    steps, values, inits = obs.steps, obs.dim, obs.inits
+    need = peak_bytes(inits, len(steps), values, opts.delays, opts.pca, obs.read_bytes())
     if need > limit:
         raise StoreError(
             f"trajectory store {path}: the decomposition would need about {need / 2**30:.1f} GiB "
@@ -576,7 +575,8 @@ def write_spectrum(
         )
     for d, path in zip(stores, paths, strict=True):
         check_dtypes(d, list(names), path)
-    check_memory(ds, list(names), opts, max_memory or machine_memory(), where, inits)
+    obs = Observable(stores, list(names), opts.window, readahead=opts.readahead)
+    check_memory(obs, opts, max_memory or machine_memory(), where)
     backend(opts.device)  # a missing GPU is an error before any data is read
     settings = {
         "observables": list(names),
@@ -598,7 +598,6 @@ def write_spectrum(
         log.warning("%s: %s; wrote an excluded spectrum", where, spectrum.attrs["excluded"])
         write_dataset(spectrum, out, role="spectrum", status="excluded")
         return spectrum
-    obs = Observable(stores, list(names), opts.window, readahead=opts.readahead)
     try:
         result, facts = decompose(obs, opts)
     except DMDError as exc:

@@ -141,3 +141,21 @@ def test_a_chunk_column_larger_than_the_span_limit_is_read_in_pieces(tmp_path):
     np.testing.assert_array_equal(
         np.concatenate(list(obs.param_blocks()), axis=2), zarr.open_array(path / "x")[:]
     )
+
+
+def test_read_bytes_counts_the_spans_large_chunks_make(stores):
+    """The memory check counts what the reads hold: with large chunks a read is a span of
+    SPAN_BLOCKS blocks in the stored dtype (float32 here), four times a float64 block."""
+    from conjugacy.koopman.spectrum import peak_bytes
+
+    small, large = (Observable(opened(p)[0], ["x"], budget=BUDGET) for p in stores)
+    depth = small.readahead + 2
+    assert small.read_bytes() == depth * 8 * BUDGET  # a block of steps, float64
+    span = SPAN_BLOCKS * BUDGET * 4  # 8 blocks of float32 values
+    assert large.read_bytes() == depth * span
+    # ... and that is what a read of the large store really holds: the blocks are views of it
+    block = next(large.param_blocks())
+    assert block.base is not None and block.base.nbytes == span
+    sizes = (INITS, STEPS, PARAMS, 0, None)
+    grown = peak_bytes(*sizes, large.read_bytes()) - peak_bytes(*sizes, small.read_bytes())
+    assert grown == depth * (span - 8 * BUDGET)
