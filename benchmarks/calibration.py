@@ -350,6 +350,10 @@ def recompare(out: Path, seeds: list[int], options: dict[str, Any]) -> pd.DataFr
     """The verdicts again, by the current compare stage, from the spectra a run saved."""
     rows = []
     for desc, spectra in load_spectra(out / "spectra.npz"):
+        saved = min(len(s) for s in spectra.values())
+        if max(seeds) > saved:
+            raise SystemExit(f"--seeds {max(seeds)}: {out / 'spectra.npz'} holds {saved} seeds "
+                             f"per condition of {desc['family']}")  # fmt: skip
         rows += [desc | row for row in verdicts(spectra, seeds, options)]
     return pd.DataFrame(rows)
 

@@ -209,3 +209,5 @@ def test_saved_spectra_give_the_same_verdicts(tmp_path):
             assert all(np.array_equal(x, y) for x, y in zip(a[cond], b[cond], strict=True))
     again = cal.recompare(tmp_path, [3, 4], OPTIONS)
     pd.testing.assert_frame_equal(again, pd.concat([rows, more], ignore_index=True))
+    with pytest.raises(SystemExit, match="--seeds 5: .* holds 4 seeds per condition"):
+        cal.recompare(tmp_path, [3, 5], OPTIONS)
