@@ -305,23 +305,31 @@ def run_family(
 
 
 def save_spectra(path: Path, kept: list[tuple[dict[str, Any], dict[str, list[np.ndarray]]]]):
-    """Every seed's eigenvalues, as plain arrays (np.load needs no pickle): spectra.npz."""
-    names = sorted({d["family"] for d, _ in kept})
+    """Every seed's eigenvalues, as plain arrays (np.load needs no pickle): spectra.npz.
+
+    A family is its name, group and delta (the power curve is one name over several deltas).
+    """
+    meta: dict[tuple, dict[str, Any]] = {}
+    for d, _ in kept:
+        key = (d["family"], d["group"], repr(float(d["delta"])))
+        meta.setdefault(key, {"name": d["family"], "group": d["group"],
+                              "known_conjugate": bool(d["known_conjugate"]),
+                              "delta": float(d["delta"])})  # fmt: skip
+    index = {key: i for i, key in enumerate(meta)}
     cols: dict[str, list] = {k: [] for k in ("experiment", "family", "condition", "seed", "size")}
-    meta = {d["family"]: {"group": d["group"], "known_conjugate": bool(d["known_conjugate"]),
-            "delta": float(d["delta"])} for d, _ in kept}  # fmt: skip
     values = []
     for d, spectra in kept:
+        family = index[(d["family"], d["group"], repr(float(d["delta"])))]
         for c, cond in enumerate(("A", "B")):
             for i, ev in enumerate(spectra[cond]):
                 cols["experiment"].append(d["experiment"])
-                cols["family"].append(names.index(d["family"]))
+                cols["family"].append(family)
                 cols["condition"].append(c)
                 cols["seed"].append(i)
                 cols["size"].append(ev.size)
                 values.append(np.asarray(ev, dtype=np.complex128))
     arrays = {k: np.asarray(v, dtype=np.int64) for k, v in cols.items()}
-    families = json.dumps([{"name": n, **meta[n]} for n in names])
+    families = json.dumps(list(meta.values()))
     np.savez_compressed(path, values=np.concatenate(values), families=np.array(families), **arrays)
 
 

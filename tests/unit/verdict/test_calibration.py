@@ -198,16 +198,20 @@ def test_saved_spectra_give_the_same_verdicts(tmp_path):
     verdicts from them equal the run's."""
     rows, kept = cal.run_family(family("linear-maps"), 3, [3, 4], OPTIONS, cal.SEED)
     more, kept_b = cal.run_family(family("decay"), 2, [3, 4], OPTIONS, cal.SEED)
-    cal.save_spectra(tmp_path / "spectra.npz", kept + kept_b)
+    # the power curve: one name, several deltas, each its own family
+    null, kept_0 = cal.run_family(cal.decay(0.0, "power"), 2, [3, 4], OPTIONS, cal.SEED)
+    moved, kept_1 = cal.run_family(cal.decay(0.001, "power"), 2, [3, 4], OPTIONS, cal.SEED)
+    everything = kept + kept_b + kept_0 + kept_1
+    cal.save_spectra(tmp_path / "spectra.npz", everything)
     loaded = cal.load_spectra(tmp_path / "spectra.npz")
     pd.testing.assert_frame_equal(
-        pd.DataFrame([d for d, _ in loaded]), pd.DataFrame([d for d, _ in kept + kept_b])
+        pd.DataFrame([d for d, _ in loaded]), pd.DataFrame([d for d, _ in everything])
     )
-    for (_, a), (_, b) in zip(loaded, kept + kept_b, strict=True):
+    for (_, a), (_, b) in zip(loaded, everything, strict=True):
         for cond in "AB":
             assert len(a[cond]) == len(b[cond]) == 4
             assert all(np.array_equal(x, y) for x, y in zip(a[cond], b[cond], strict=True))
     again = cal.recompare(tmp_path, [3, 4], OPTIONS)
-    pd.testing.assert_frame_equal(again, pd.concat([rows, more], ignore_index=True))
+    pd.testing.assert_frame_equal(again, pd.concat([rows, more, null, moved], ignore_index=True))
     with pytest.raises(SystemExit, match="--seeds 5: .* holds 4 seeds per condition"):
         cal.recompare(tmp_path, [3, 5], OPTIONS)
