@@ -309,17 +309,15 @@ def save_spectra(path: Path, kept: list[tuple[dict[str, Any], dict[str, list[np.
 
     A family is its name, group and delta (the power curve is one name over several deltas).
     """
-    meta: dict[tuple, dict[str, Any]] = {}
-    for d, _ in kept:
-        key = (d["family"], d["group"], repr(float(d["delta"])))
-        meta.setdefault(key, {"name": d["family"], "group": d["group"],
-                              "known_conjugate": bool(d["known_conjugate"]),
-                              "delta": float(d["delta"])})  # fmt: skip
-    index = {key: i for i, key in enumerate(meta)}
+    meta: dict[tuple, dict[str, Any]] = {}  # (name, group, delta) -> the family, in order
     cols: dict[str, list] = {k: [] for k in ("experiment", "family", "condition", "seed", "size")}
     values = []
     for d, spectra in kept:
-        family = index[(d["family"], d["group"], repr(float(d["delta"])))]
+        key = (d["family"], d["group"], repr(float(d["delta"])))
+        family = list(meta).index(key) if key in meta else len(meta)
+        meta.setdefault(key, {"name": d["family"], "group": d["group"],
+                              "known_conjugate": bool(d["known_conjugate"]),
+                              "delta": float(d["delta"])})  # fmt: skip
         for c, cond in enumerate(("A", "B")):
             for i, ev in enumerate(spectra[cond]):
                 cols["experiment"].append(d["experiment"])

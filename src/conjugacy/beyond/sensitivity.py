@@ -358,17 +358,15 @@ def write_sensitivity(
         )
     for d, path in zip(stores, paths, strict=True):
         check_dtypes(d, names, path)
-    if opts.window is not None:
-        steps = [s for s in steps if opts.window[0] <= s < opts.window[1]]
-    values = sum(int(np.prod(shapes[n], dtype=np.int64)) for n in names)
-    tall = any((opts.pca or values) * (d + 1) > inits * (len(steps) - d - 1) for d in delays)
     obs = Observable(stores, names, opts.window, readahead=opts.readahead)
-    need = grid_bytes(inits, len(steps), values, delays, opts.pca, tall, obs.read_bytes())
+    values, n_steps = obs.dim, obs.n_steps
+    tall = any((opts.pca or values) * (d + 1) > inits * (n_steps - d - 1) for d in delays)
+    need = grid_bytes(inits, n_steps, values, delays, opts.pca, tall, obs.read_bytes())
     limit = max_memory or machine_memory()
     if need > limit:
         raise StoreError(
             f"trajectory store {where}: the grid would need about {need / 2**30:.1f} GiB "
-            f"({inits} inits x {len(steps)} snapshots x {values} values, delays up to "
+            f"({inits} inits x {n_steps} snapshots x {values} values, delays up to "
             f"{max(delays)}), more than the {limit / 2**30:.1f} GiB allowed (--max-memory)"
         )
     backend(opts.device)  # a missing GPU is an error before any data is read

@@ -89,6 +89,10 @@ class Observable:
         block = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=0)
         return block.reshape(block.shape[0], block.shape[1], -1)
 
+    def inner(self, name: str) -> int:
+        """Values per row of the first tensor axis of `name` (the product of its other axes)."""
+        return int(np.prod(self.ds[name].shape[3:], dtype=np.int64))
+
     def param_ranges(self, budget: int | None = None) -> list[tuple[str, slice, int, int]]:
         """The parameter blocks, in order: (tensor, rows of its first axis, first value, values).
 
@@ -106,7 +110,7 @@ class Observable:
                 out.append((name, slice(None), offset, 1))
                 offset += 1
                 continue
-            inner = int(np.prod(var.shape[3:], dtype=np.int64))
+            inner = self.inner(name)
             rows = max(1, budget // max(1, per_row_steps * inner))
             chunk_rows = (var.encoding.get("chunks") or (None, None, rows))[2]
             if rows >= chunk_rows:
@@ -155,7 +159,7 @@ class Observable:
                 continue
             if block_name != name:
                 name, chunks = block_name, self.chunk_rows(block_name)
-                inner = int(np.prod(self.ds[name].shape[3:], dtype=np.int64))
+                inner = self.inner(name)
             elif any(rows.start % c for c in chunks) and (
                 (rows.stop - spans[-1][1].start) * inner * per_row <= limit
             ):  # a chunk the span reads goes on past this block: extend the span
@@ -178,13 +182,8 @@ class Observable:
         largest = 8 * budget
         for name, rows, _ in self.param_spans(budget):
             var = self.ds[name]
-            if var.ndim == 2:
-                values = per_row
-            else:
-                stop = var.shape[2] if rows.stop is None else rows.stop
-                inner = int(np.prod(var.shape[3:], dtype=np.int64))
-                values = (stop - (rows.start or 0)) * inner * per_row
-            largest = max(largest, values * var.dtype.itemsize)
+            values = 1 if var.ndim == 2 else (rows.stop - rows.start) * self.inner(name)
+            largest = max(largest, values * per_row * var.dtype.itemsize)
         return (self.readahead + 2) * largest
 
     def param_blocks(self, budget: int | None = None) -> Iterator[np.ndarray]:

@@ -329,12 +329,12 @@ def peak_bytes(
 
 def check_memory(obs: Observable, opts: KoopmanOptions, limit: int, path) -> None:
     """Stop before reading when the decomposition would need more than `limit` bytes."""
-    steps, values, inits = obs.steps, obs.dim, obs.inits
-    need = peak_bytes(inits, len(steps), values, opts.delays, opts.pca, obs.read_bytes())
+    steps, values, inits = obs.n_steps, obs.dim, obs.inits
+    need = peak_bytes(inits, steps, values, opts.delays, opts.pca, obs.read_bytes())
     if need > limit:
         raise StoreError(
             f"trajectory store {path}: the decomposition would need about {need / 2**30:.1f} GiB "
-            f"({inits} inits x {len(steps)} snapshots x {values} values), more than "
+            f"({inits} inits x {steps} snapshots x {values} values), more than "
             f"the {limit / 2**30:.1f} GiB allowed (--max-memory); use a window, PCA or fewer "
             "observables, or raise --max-memory"
         )

@@ -134,12 +134,6 @@ def base_init(shapes: dict[str, tuple[int, ...]], gen: torch.Generator) -> dict[
     return out
 
 
-def make_optimizer(params: dict[str, torch.Tensor], cond: dict[str, Any]) -> torch.optim.Optimizer:
-    """The condition's torch optimizer over the stacked tensors (one per init, in effect)."""
-    opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[cond["optimizer"]]
-    return opt_cls(list(params.values()), lr=cond["lr"])
-
-
 class FCN:
     """N nets of one seed: init 0 the base init, inits 1..N-1 perturbed copies."""
 
@@ -152,7 +146,8 @@ class FCN:
         it, and the first torch.optim optimizer of a process imports torch's compiler (about
         1 s of every training job here)."""
         if self._optimizer is None:
-            self._optimizer = make_optimizer(self.params, self.cond)
+            opt_cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam}[self.cond["optimizer"]]
+            self._optimizer = opt_cls(list(self.params.values()), lr=self.cond["lr"])
         return self._optimizer
 
     @optimizer.setter
