@@ -29,7 +29,8 @@ include: "workflow/rules/sensitivity.smk"
 localrules:
     all,
     compare,
-    figures,
+    figures_runs,
+    figures_verdicts,
     windows,
     summary,
     accuracy,

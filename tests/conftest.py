@@ -61,7 +61,7 @@ def snakemake(root: Path, *args: str, check: bool = True) -> subprocess.Complete
 
 
 def dry_run(root: Path, config: Path) -> list[dict]:
-    """The jobs a dry run through the Snakemake API plans: rule, condition, gpu, group."""
+    """The jobs a dry run through the Snakemake API plans: rule, condition, gpu, group, priority."""
     from snakemake.api import SnakemakeApi
     from snakemake.settings.types import (
         ConfigSettings,
@@ -90,6 +90,7 @@ def dry_run(root: Path, config: Path) -> list[dict]:
                     "condition": job.wildcards.get("condition"),
                     "gpu": job.resources.get("gpu"),
                     "group": job.group,
+                    "priority": job.priority,
                 }
                 for job in dag.workflow_api._workflow.dag.finished_jobs
             ]

@@ -212,7 +212,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
 def cmd_figures(args: argparse.Namespace) -> None:
     from conjugacy.report.figures import write_figures
 
-    for path in write_figures(args.spectra, args.trajectories, args.comparison, args.output):
+    if not (args.spectra or args.trajectories or args.comparison):
+        raise ConfigError("options --spectra, --trajectories, --comparison: give at least one")
+    pairs = args.pair or None
+    figures = write_figures(args.output, args.spectra, args.trajectories, args.comparison, pairs)
+    for path in figures:
         log.info("wrote %s", path)
 
 
@@ -631,10 +635,23 @@ def _add_compare(sub) -> None:
 
 
 def _add_figures(sub) -> None:
-    f = sub.add_parser("figures", help="figures from the stage outputs")
-    f.add_argument("--spectra", nargs="+", type=Path, required=True)
-    f.add_argument("--trajectories", nargs="+", type=Path, required=True)
-    f.add_argument("--comparison", type=Path, required=True, help="compare stage's folder")
+    f = sub.add_parser(
+        "figures",
+        help="figures from the stage outputs: each figure whose inputs are given",
+    )
+    f.add_argument("--spectra", nargs="+", type=Path, help="spectrum stores: spectra.png")
+    f.add_argument("--trajectories", nargs="+", type=Path, help="trajectory stores: loss.png")
+    f.add_argument(
+        "--comparison",
+        type=Path,
+        help="compare stage's folder: distances.png and w_distributions.png",
+    )
+    f.add_argument(
+        "--pair",
+        type=_pair,
+        action="append",
+        help="A:B conditions drawn in one panel (repeat; default: the comparison's pairs)",
+    )
     f.add_argument("-o", "--output", type=Path, required=True, help="figure folder")
     f.set_defaults(func=cmd_figures)
 

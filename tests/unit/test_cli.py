@@ -212,6 +212,13 @@ def test_bad_option_value_exits_2(tmp_path, omd_store, capsys):
     assert "positive integer or 'full'" in capsys.readouterr().err
 
 
+def test_figures_without_inputs_exits_2(tmp_path, capsys):
+    assert main(["figures", "-o", str(tmp_path / "figs")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--spectra" in err and "--comparison" in err
+    assert not (tmp_path / "figs").exists()
+
+
 def spectrum(path: Path, eig, condition: str | None = None, seed: int | None = None) -> None:
     attrs = {} if condition is None else {"condition": condition, "seed": seed}
     path.parent.mkdir(parents=True, exist_ok=True)

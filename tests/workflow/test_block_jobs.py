@@ -45,17 +45,36 @@ def test_blocks_are_fixed_groups_of_the_sorted_seeds(tmp_path):
         ("train_b_block0", "b"): 1,
         ("koopman_b_block0", "b"): 1,
         ("compare", None): 1,
-        ("figures", None): 1,
+        ("figures_runs", None): 1,
+        ("figures_verdicts", None): 1,
         ("summary", None): 1,
         ("all", None): 1,
     }
+
+
+def test_jobs_start_spectra_first_and_the_most_spectrum_work_first(tmp_path):
+    """Priorities: a finished block's spectra before more training; big blocks before small."""
+    root = copy_project(tmp_path / "p")
+    cfg = experiment([0, 1, 2, 3, 4], seeds_per_job=3)
+    cfg["conditions"]["b"]["koopman"] = {"delays": 4}  # lifted dimension 10 against 4
+    jobs = {
+        job["rule"]: job["priority"]
+        for job in dry_run(root, write_config(root / "c.yaml", cfg))
+        if job["rule"].startswith(("train", "koopman"))
+    }
+    spectra = [p for rule, p in jobs.items() if rule.startswith("koopman")]
+    assert min(spectra) > max(p for rule, p in jobs.items() if rule.startswith("train"))
+    for stage in ("train", "koopman"):
+        # b's 3-seed block, b's 2-seed block, a's 3-seed block, a's 2-seed block
+        order = [f"{stage}_b_block0", f"{stage}_b_block1", f"{stage}_a_block0", f"{stage}_a_block1"]
+        assert sorted(order, key=jobs.get, reverse=True) == order
 
 
 def test_seeds_per_job_1_is_one_job_per_seed(tmp_path):
     root = copy_project(tmp_path / "p")
     jobs = planned(root, experiment([0, 1, 2], seeds_per_job=1))
     stages = collections.Counter(rule.split("_")[0] for rule, _ in jobs.elements())
-    assert stages == {"train": 6, "koopman": 6, "compare": 1, "figures": 1, "summary": 1, "all": 1}
+    assert stages == {"train": 6, "koopman": 6, "compare": 1, "figures": 2, "summary": 1, "all": 1}
 
 
 @pytest.mark.slow
@@ -84,7 +103,7 @@ def test_a_new_seed_reruns_only_its_block_and_stores_match_training_alone(tmp_pa
     jobs = planned(root, experiment([0, 1, 2, 3, 4, 5], seeds_per_job=3), "more.yaml")
     assert {rule for rule, _ in jobs} == {
         "train_a_block1", "train_b_block1", "koopman_a_block1", "koopman_b_block1",
-        "compare", "figures", "summary", "all",
+        "compare", "figures_runs", "figures_verdicts", "summary", "all",
     }  # fmt: skip
     # With a full last block, a new seed is a new block: nothing else reruns.
     snakemake(root, "--cores", "2", "--configfile", str(root / "more.yaml"), "--quiet", "rules")

@@ -90,7 +90,8 @@ def test_a_changed_store_reruns_its_spectrum_and_after_only(project: Path) -> No
     assert jobs == {  # the Koopman job of the block of seeds that holds seed 1
         ("koopman_slow_block0", "slow"): 1,
         ("compare", None): 1,
-        ("figures", None): 1,
+        ("figures_runs", None): 1,
+        ("figures_verdicts", None): 1,
         ("summary", None): 1,
         ("all", None): 1,
     }

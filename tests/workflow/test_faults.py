@@ -272,7 +272,7 @@ MANY = {
 
 @pytest.fixture(scope="module")
 def many(tmp_path_factory) -> Path:
-    """A 27-job workflow (12 trainings, 12 spectra, compare, figures, all) on 2 cores."""
+    """A 28-job workflow (12 trainings, 12 spectra, compare, 2 figure jobs, all) on 2 cores."""
     root = copy_project(tmp_path_factory.mktemp("many"))
     config_file = write_config(root / "many.yaml", MANY)
     snakemake(root, "--cores", "2", "--configfile", str(config_file), "--quiet", "rules")

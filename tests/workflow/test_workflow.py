@@ -126,7 +126,8 @@ def test_koopman_option_change_reruns_koopman_and_after_only(project: Path) -> N
     assert jobs == {
         ("koopman", "ogd"): 1,
         ("compare", None): 1,
-        ("figures", None): 1,
+        ("figures_runs", None): 1,
+        ("figures_verdicts", None): 1,
         ("summary", None): 1,
         ("all", None): 1,
     }
@@ -141,20 +142,23 @@ def test_training_option_change_reruns_that_condition_and_downstream(project: Pa
         ("train", "wide"): 1,
         ("koopman", "wide"): 1,
         ("compare", None): 1,
-        ("figures", None): 1,
+        ("figures_runs", None): 1,
+        ("figures_verdicts", None): 1,
         ("summary", None): 1,
         ("all", None): 1,
     }
 
 
-def test_compare_option_change_reruns_compare_and_figures(project: Path) -> None:
+def test_compare_option_change_reruns_compare_and_its_figures(project: Path) -> None:
+    """The spectra and loss figures do not depend on the verdicts: they are not redrawn."""
+
     def edit(cfg):
         cfg["compare"]["alpha"] = 0.01
 
     jobs = planned_jobs(project, changed(project, "compare.yaml", edit))
     assert jobs == {
         ("compare", None): 1,
-        ("figures", None): 1,
+        ("figures_verdicts", None): 1,
         ("summary", None): 1,
         ("all", None): 1,
     }
@@ -173,8 +177,9 @@ def test_library_code_change_reruns_its_stage_and_after(project: Path, module, f
     finally:
         path.write_text(original)
     stages = {rule for rule, _ in jobs}
-    order = ["train", "koopman", "compare", "figures", "summary", "all"]
-    assert stages == set(order[order.index(first) :])
+    order = ["train", "koopman", "compare", "figures_verdicts", "summary", "all"]
+    # The spectra figure reads spectra with the compare stage's loader: it reruns too.
+    assert stages == {*order[order.index(first) :], "figures_runs"}
     if first == "train":  # toys.py is the toy systems' code: every condition's train reruns
         assert jobs[("train", "omd")] == 1
     if first == "koopman":
@@ -212,7 +217,11 @@ def monitored(tmp_path_factory) -> Path:
     ("module", "rerun", "kept"),
     [
         ("koopman/backend.py", {"koopman", "monitor", "monitor_report"}, {"train", "prune"}),
-        ("report/style.py", {"figures", "monitor", "monitor_report"}, {"train", "koopman"}),
+        (
+            "report/style.py",
+            {"figures_runs", "figures_verdicts", "monitor", "monitor_report"},
+            {"train", "koopman"},
+        ),
     ],
 )
 def test_an_edit_reruns_every_stage_that_imports_it(monitored: Path, module, rerun, kept) -> None:

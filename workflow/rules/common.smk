@@ -21,6 +21,7 @@ from conjugacy.config import (
     training_json,
     window_bounds,
 )
+from conjugacy.config.work import spectrum_work
 from conjugacy.provenance import code_hash
 
 try:

@@ -6,6 +6,7 @@ rule companion:
         f"{RESULTS}/logs/companion/{{condition}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/companion/{{condition}}.tsv"
+    priority: 3  # a long single run: before the blocks (block_priority)
     group:
         train_group
     conda:

@@ -17,6 +17,7 @@ for _condition, _block, _name in koopman_blocks():
             f"{RESULTS}/benchmarks/koopman/{{condition}}/{block_label(_block)}.tsv"
         wildcard_constraints:
             condition=_condition,
+        priority: block_priority(_condition, _block, "koopman")
         group:
             "koopman"
         conda:

@@ -16,6 +16,7 @@ for _condition, _block, _name in train_blocks():
             f"{RESULTS}/benchmarks/train/{{condition}}/{block_label(_block)}.tsv"
         wildcard_constraints:
             condition=_condition,
+        priority: block_priority(_condition, _block, "train")
         # On a cluster, jobs of a group are bundled into fewer submissions
         # (--group-components); GPU and CPU jobs are bundled apart.
         group:

@@ -279,23 +279,34 @@ def plot_w_distributions(distances: xr.Dataset, verdicts: pd.DataFrame, out: Pat
     save(fig, out)
 
 
-def plot_loss(trajectories: list[Path], layout: list[list[str]], out: Path) -> None:
-    """Training loss (mean over inits) per seed, one colour per condition, log scale."""
-    colour = colours([c for g in layout for c in g])
-    panel_of = {c: i for i, g in enumerate(layout) for c in g}
-    fig, axes = panels(len(layout))
-    seen: set[str] = set()
-    positive = [True] * len(layout)
+def read_losses(trajectories: list[Path]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """(condition, steps, loss mean over inits) of every trajectory store that records a loss."""
+    runs = []
     for path in trajectories:
         ds = open_trajectory(path, allow_diverged=True)
-        cond = str(ds.attrs.get("condition") or Path(path).parent.name)
-        if cond not in panel_of or "loss" not in ds:
-            continue
+        if "loss" in ds:
+            cond = str(ds.attrs.get("condition") or Path(path).parent.name)
+            runs.append((cond, ds["step"].values, ds["loss"].values.mean(axis=0)))
+    return runs
+
+
+def plot_loss(trajectories: list[Path], pairs: list[tuple[str, str]], out: Path) -> None:
+    """Training loss (mean over inits) per seed, one colour per condition, log scale.
+
+    Conditions joined by `pairs` share a panel, as in the spectra figure.
+    """
+    runs = read_losses(trajectories)
+    layout = groups(list(dict.fromkeys(cond for cond, _, _ in runs)), pairs)
+    colour = colours([c for g in layout for c in g])
+    panel_of = {c: i for i, g in enumerate(layout) for c in g}
+    fig, axes = panels(max(len(layout), 1))
+    seen: set[str] = set()
+    positive = [True] * len(layout)
+    for cond, steps, loss in runs:
         ax = axes[panel_of[cond]]
-        loss = ds["loss"].values.mean(axis=0)
         positive[panel_of[cond]] &= bool(np.all(loss[np.isfinite(loss)] > 0))
         ax.plot(
-            ds["step"].values,
+            steps,
             loss,
             color=colour[cond],
             lw=0.9,
@@ -303,7 +314,9 @@ def plot_loss(trajectories: list[Path], layout: list[list[str]], out: Path) -> N
             label=None if cond in seen else cond,
         )
         seen.add(cond)
-    for ax, group, pos in zip(axes, layout, positive, strict=True):
+    if not runs:  # e.g. your own stores without a loss
+        axes[0].set_title("no training loss recorded")
+    for ax, group, pos in zip(axes, layout, positive, strict=False):
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("loss (mean over inits)")
         ax.set_title(" vs ".join(group))
@@ -316,22 +329,37 @@ def plot_loss(trajectories: list[Path], layout: list[list[str]], out: Path) -> N
 
 
 def write_figures(
-    spectra: list[str | Path],
-    trajectories: list[str | Path],
-    comparison: str | Path,
     outdir: str | Path,
+    spectra: list[str | Path] | None = None,
+    trajectories: list[str | Path] | None = None,
+    comparison: str | Path | None = None,
+    pairs: list[tuple[str, str]] | None = None,
 ) -> list[Path]:
-    """Draw every figure from the stage outputs; comparison is the compare stage's folder."""
-    comparison, outdir = Path(comparison), Path(outdir)
+    """Draw every figure the given stage outputs allow; comparison is the compare stage's folder.
+
+    Spectra draw spectra.png, trajectories loss.png, the comparison
+    distances.png and w_distributions.png: the workflow draws the first two
+    while the comparison is still running. Conditions share a panel when a
+    pair joins them: `pairs`, else the comparison's pairs.
+    """
+    outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    labels, values, _ = load_spectra(spectra)
-    distances = open_store(comparison / "distances.zarr", "distances")
-    verdicts = pd.read_csv(comparison / "conjugacy.csv")
-    conditions = list(dict.fromkeys(c for c, _ in labels))
-    layout = groups(conditions, list(zip(verdicts.condition_a, verdicts.condition_b, strict=True)))
-    paths = [outdir / name for name in FIGURES]
-    plot_spectra(labels, values, layout, paths[0])
-    plot_distances(distances, paths[1])
-    plot_w_distributions(distances, verdicts, paths[2])
-    plot_loss([Path(p) for p in trajectories], layout, paths[3])
-    return paths
+    written: list[Path] = []
+    if comparison is not None:
+        distances = open_store(Path(comparison) / "distances.zarr", "distances")
+        verdicts = pd.read_csv(Path(comparison) / "conjugacy.csv")
+        if pairs is None:
+            pairs = list(zip(verdicts.condition_a, verdicts.condition_b, strict=True))
+        written += [outdir / "distances.png", outdir / "w_distributions.png"]
+        plot_distances(distances, written[-2])
+        plot_w_distributions(distances, verdicts, written[-1])
+    pairs = pairs or []
+    if spectra:
+        labels, values, _ = load_spectra(spectra)
+        conditions = list(dict.fromkeys(c for c, _ in labels))
+        written.append(outdir / "spectra.png")
+        plot_spectra(labels, values, groups(conditions, pairs), written[-1])
+    if trajectories:
+        written.append(outdir / "loss.png")
+        plot_loss([Path(p) for p in trajectories], pairs, written[-1])
+    return sorted(written, key=lambda path: FIGURES.index(path.name))

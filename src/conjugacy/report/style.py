@@ -7,12 +7,16 @@ report and PDF beside it for papers.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+# Font subsetting of every PDF logs each glyph at INFO: keep the stage logs readable.
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 STYLE = {
     "font.size": 9,

@@ -110,12 +110,25 @@ def test_annotation_shows_the_ratio_interval() -> None:
 def test_run_writes_png_and_pdf_of_every_figure(experiment, tmp_path) -> None:
     out = tmp_path / "figures"
     paths = figures.write_figures(
-        experiment["spectra"], experiment["trajectories"], experiment["root"], out
+        out, experiment["spectra"], experiment["trajectories"], experiment["root"]
     )
     assert [p.name for p in paths] == list(figures.FIGURES)
     for p in paths:
         assert p.read_bytes()[:4] == b"\x89PNG"
         assert p.with_suffix(".pdf").read_bytes()[:4] == b"%PDF"
+
+
+def test_each_figure_is_drawn_from_its_own_inputs(experiment, tmp_path, captured) -> None:
+    """Spectra and loss need no comparison (the workflow draws them beside it), and back."""
+    runs = figures.write_figures(
+        tmp_path / "runs", experiment["spectra"], experiment["trajectories"], pairs=[("a", "b")]
+    )
+    assert [p.name for p in runs] == ["spectra.png", "loss.png"]
+    spectra_fig, loss_fig = captured
+    assert len(loss_fig.axes) == 2  # a and b share a panel, c has its own
+    assert [ax.get_title() for ax in loss_fig.axes] == ["a vs b", "c"]
+    verdicts = figures.write_figures(tmp_path / "verdicts", comparison=experiment["root"])
+    assert [p.name for p in verdicts] == ["distances.png", "w_distributions.png"]
 
 
 def test_spectra_figure_has_a_zoom_beside_each_group(experiment, captured) -> None:
@@ -178,7 +191,7 @@ def test_distance_heatmap_has_labelled_axes(experiment, captured) -> None:
 
 
 def test_loss_figure_is_log_scaled_per_group(experiment, captured) -> None:
-    figures.plot_loss(experiment["trajectories"], [["a", "b"], ["c"]], Path("unused.png"))
+    figures.plot_loss(experiment["trajectories"], [("a", "b")], Path("unused.png"))
     first, second = captured[0].axes
     assert first.get_yscale() == "log" and len(first.lines) == 10 and len(second.lines) == 5
     np.testing.assert_allclose(second.lines[0].get_ydata(), 1.05 * np.exp(-0.2 * np.arange(20)))

@@ -41,3 +41,21 @@ def train_blocks():
         if cond["system"] != "external"
         for k, block in enumerate(seed_blocks(condition))
     ]
+
+
+# Relative work of one seed's spectrum per condition, from the config alone.
+SPECTRUM_WORK = {c: spectrum_work(cond) for c, cond in CONDITIONS.items()}
+
+
+def block_priority(condition, block, stage):
+    """Priority of a block's job: spectra before training, the most spectrum work first.
+
+    A finished training block's spectra start before the next training, and
+    among the blocks of one stage those with the most spectrum work (seeds x
+    work of one spectrum) start first: the longest chains begin first and the
+    run ends on the smallest spectra, not on the largest running alone on one
+    core. Companions (long single runs) come before both.
+    """
+    most = max(SPECTRUM_WORK[c] * len(b) for c, b, _ in koopman_blocks()) or 1.0
+    share = SPECTRUM_WORK[condition] * len(block) / most
+    return {"train": 1, "koopman": 2}[stage] + share
