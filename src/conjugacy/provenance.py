@@ -12,6 +12,7 @@ library only: the Snakefile imports it.
 from __future__ import annotations
 
 import ast
+import functools
 import hashlib
 from pathlib import Path
 
@@ -55,6 +56,12 @@ def _parents(module: str) -> list[str]:
 
 def imports_of(path: Path, package: Path = PACKAGE) -> set[str]:
     """Modules of the package that a source file imports, anywhere in it."""
+    stat = path.stat()
+    return set(_imports_of(path, package, stat.st_mtime_ns, stat.st_size))
+
+
+@functools.cache  # the stages share most modules: each file is parsed once per version
+def _imports_of(path: Path, package: Path, mtime_ns: int, size: int) -> frozenset[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
@@ -67,7 +74,7 @@ def imports_of(path: Path, package: Path = PACKAGE) -> set[str]:
         for name in names:
             if name.split(".")[0] == NAME and module_file(name, package) is not None:
                 found.add(name)
-    return found
+    return frozenset(found)
 
 
 def stage_modules(stage: str, package: Path = PACKAGE) -> set[str]:

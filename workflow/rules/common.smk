@@ -1,5 +1,6 @@
 # Config loading and validation, shared paths, and the includes of each stage's functions.
 import errno
+import functools
 import hashlib
 import json
 import shlex
@@ -62,6 +63,7 @@ def shell_json(value):
     return shlex.quote(json.dumps(value, sort_keys=True, separators=(",", ":")))
 
 
+@functools.cache  # one hash per stage and parse: every block rule of a stage asks
 def stage_code(stage):
     """Hash of the library code of a stage, as a param: edited code reruns the stage."""
     return code_hash(stage, SRC / "conjugacy")
