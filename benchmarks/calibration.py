@@ -180,6 +180,35 @@ def warped(cubic: float) -> Simulate:
     return run
 
 
+SHARED_MAP = 7  # seed of the one observation map every seed of the shared families uses
+
+
+def shared(pairs) -> Simulate:
+    """A seed of the linear system `pairs` through one fixed orthogonal map (the same for
+    every seed and both conditions): the observables share a space, as sgot needs."""
+    a = system(pairs)
+    m = orthogonal(a.shape[0], a.shape[0], np.random.default_rng(SHARED_MAP))
+
+    def run(rng: np.random.Generator) -> np.ndarray:
+        return noisy(simulate(a, rng) @ m.T, rng)
+
+    return run
+
+
+def shared_families(deltas: list[float]) -> list[Family]:
+    """Conditions observed through one fixed map: the decay rate 0.95 -> 0.95 + delta
+    (conjugate at delta 0) and the slow rotation 0.3 -> 0.31."""
+    out = []
+    for d in deltas:
+        changed = ((BASE[0][0] + d, BASE[0][1]), BASE[1])
+        out.append(Family("shared-decay", d == 0, shared(BASE), shared(changed), delta=d))
+    rotated = ((BASE[0][0], BASE[0][1] + ROTATION), BASE[1])
+    out.append(Family("shared-rotation", False, shared(BASE), shared(rotated)))
+    for fam in out:
+        fam.group = "shared"
+    return out
+
+
 def toy(system_name: str, observe: Callable[[np.ndarray], np.ndarray] | None = None) -> Simulate:
     """A seed of an optimizer toy from its jittered grid in x (`start: omd`): its iterate (OMD's
     x, OGD's u = log x) as the workflow records it, or `observe` of it."""
@@ -235,21 +264,54 @@ def diagnostics(delta: float) -> list[Family]:
     return out
 
 
+METHODS = ("plain", "stable", "sgot")  # W of all modes, W of the stable modes, sgot
+QUALITY = {"spread_resamples": 30, "max_spread": 0.01, "sgot_eta": 0.5}  # --spread-resamples ...
+
+
+def fit(data: np.ndarray, koopman: dict[str, Any], method: str, quality: dict[str, Any]) -> Any:
+    """One seed's spectrum by `method`: its eigenvalues (plain), those whose spread over init
+    resamples is at most max_spread (stable), or (eigenvalues, modes) for sgot."""
+    if method == "plain":
+        return conjugacy.spectrum(data, **koopman)
+    if method == "stable":
+        keys = ("spread_resamples", "max_spread")
+        return conjugacy.spectrum(data, **koopman, **{k: quality[k] for k in keys})
+    from conjugacy.api import _as_dataset
+    from conjugacy.koopman.observables import Observable
+    from conjugacy.koopman.spectrum import KoopmanOptions, decompose, value_modes
+
+    opts = KoopmanOptions(**koopman)
+    obs = Observable([_as_dataset(data)], ["x"], None)
+    result, _ = decompose(obs, opts)
+    return result.eigenvalues, value_modes(obs, result, opts.delays)
+
+
 def experiment(
-    fam: Family, rng: np.random.Generator, seeds: list[int], options: dict[str, Any]
-) -> tuple[list[dict[str, Any]], dict[str, list[np.ndarray]]]:
-    """One experiment: max(seeds) seeds per condition, a verdict at each seed count; the rows
-    and the spectra."""
-    most = max(seeds)
-    spectra: dict[str, list[np.ndarray]] = {"A": [], "B": []}
+    fam: Family,
+    rng: np.random.Generator,
+    seeds: list[int],
+    options: dict[str, Any],
+    methods: tuple[str, ...] = ("plain",),
+    quality: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, dict[str, list[Any]]]]:
+    """One experiment: max(seeds) seeds per condition, each method's verdict at each seed
+    count on the same simulated seeds; the rows and each method's spectra."""
+    most, quality = max(seeds), quality or QUALITY
+    spectra: dict[str, dict[str, list[Any]]] = {m: {"A": [], "B": []} for m in methods}
     for _ in range(most):
         for cond, sim in (("A", fam.a), ("B", fam.b)):
-            spectra[cond].append(conjugacy.spectrum(sim(rng), **fam.koopman))
-    return verdicts(spectra, seeds, options), spectra
+            data = sim(rng)
+            for m in methods:
+                spectra[m][cond].append(fit(data, fam.koopman, m, quality))
+    rows = []
+    for m in methods:
+        extra = {"distance": "sgot", "sgot_eta": quality["sgot_eta"]} if m == "sgot" else {}
+        rows += [{"method": m} | r for r in verdicts(spectra[m], seeds, options | extra)]
+    return rows, spectra
 
 
 def verdicts(
-    spectra: dict[str, list[np.ndarray]], seeds: list[int], options: dict[str, Any]
+    spectra: dict[str, list[Any]], seeds: list[int], options: dict[str, Any]
 ) -> list[dict[str, Any]]:
     """The compare stage's verdict on the first n spectra of each condition, for each n."""
     rows = []
@@ -284,6 +346,8 @@ def run_family(
     options: dict[str, Any],
     seed: int,
     log: Callable[[str], None] | None = None,
+    methods: tuple[str, ...] = ("plain",),
+    quality: dict[str, Any] | None = None,
 ) -> tuple[pd.DataFrame, list[tuple[dict[str, Any], dict[str, list[np.ndarray]]]]]:
     """`experiments` independent experiments of one family: the rows, and each experiment's
     description and spectra.
@@ -296,9 +360,11 @@ def run_family(
     key = zlib.crc32(f"{fam.name}|{fam.delta:g}".encode())
     for e in range(experiments):
         rng = np.random.default_rng([seed, key, e])
-        found, spectra = experiment(fam, rng, seeds, options)
+        found, spectra = experiment(fam, rng, seeds, options, methods, quality)
         rows += [describe(fam, e) | row for row in found]
-        kept.append((describe(fam, e), spectra))
+        for m in methods:  # sgot's modes are not kept: its verdicts are not recomputable
+            if m != "sgot":
+                kept.append((describe(fam, e) | {"method": m}, spectra[m]))
         if log and (e + 1) % max(1, experiments // 4) == 0 and e + 1 < experiments:
             log(f"  {fam.name}: {e + 1}/{experiments} in {time.perf_counter() - start:.0f} s")
     return pd.DataFrame(rows), kept
@@ -313,11 +379,12 @@ def save_spectra(path: Path, kept: list[tuple[dict[str, Any], dict[str, list[np.
     cols: dict[str, list] = {k: [] for k in ("experiment", "family", "condition", "seed", "size")}
     values = []
     for d, spectra in kept:
-        key = (d["family"], d["group"], repr(float(d["delta"])))
+        method = d.get("method", "plain")
+        key = (d["family"], d["group"], repr(float(d["delta"])), method)
         family = list(meta).index(key) if key in meta else len(meta)
         meta.setdefault(key, {"name": d["family"], "group": d["group"],
                               "known_conjugate": bool(d["known_conjugate"]),
-                              "delta": float(d["delta"])})  # fmt: skip
+                              "delta": float(d["delta"]), "method": method})  # fmt: skip
         for c, cond in enumerate(("A", "B")):
             for i, ev in enumerate(spectra[cond]):
                 cols["experiment"].append(d["experiment"])
@@ -348,6 +415,7 @@ def load_spectra(path: Path) -> list[tuple[dict[str, Any], dict[str, list[np.nda
         fam = families[f]
         desc = {"group": fam["group"], "family": fam["name"]}
         desc |= {k: fam[k] for k in ("known_conjugate", "delta")} | {"experiment": e}
+        desc["method"] = fam.get("method", "plain")
         kept.append((desc, spectra))
     return kept
 
@@ -379,9 +447,12 @@ def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
 def rates(df: pd.DataFrame) -> pd.DataFrame:
     """Per family, delta and seed count: the rate of each verdict, with its 95% interval."""
     out = []
-    keys = ["group", "family", "known_conjugate", "delta", "seeds"]
-    for (group, fam, conj, delta, n), g in df.groupby(keys, sort=False, dropna=False):
-        row = {"group": group, "family": fam, "known_conjugate": conj, "delta": delta, "seeds": n}
+    if "method" not in df:
+        df = df.assign(method="plain")
+    keys = ["group", "family", "method", "known_conjugate", "delta", "seeds"]
+    for (group, fam, method, conj, delta, n), g in df.groupby(keys, sort=False, dropna=False):
+        row = {"group": group, "family": fam, "method": method, "known_conjugate": conj}
+        row |= {"delta": delta, "seeds": n}
         row["experiments"] = len(g)
         for v in VERDICTS:
             k = int((g["verdict"] == v).sum())
@@ -396,6 +467,19 @@ def rates(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def aurocs(df: pd.DataFrame) -> pd.DataFrame:
+    """aurocs_of each method's rows; a method other than plain is named after `against`."""
+    if "method" not in df:
+        return aurocs_of(df)
+    out = []
+    for method, g in df.groupby("method", sort=False):
+        roc = aurocs_of(g)
+        if method != "plain":
+            roc["against"] = roc["against"] + f" [{method}]"
+        out.append(roc)
+    return pd.concat(out, ignore_index=True)
+
+
+def aurocs_of(df: pd.DataFrame) -> pd.DataFrame:
     """AUROC of the ratio per seed count: each non-conjugate main family, and all of them,
     against all conjugate pairs of the main families; each delta > 0 of the power curve
     against delta 0, and against all conjugate pairs of the main families."""
@@ -408,6 +492,13 @@ def aurocs(df: pd.DataFrame) -> pd.DataFrame:
         for fam, h in g[~g["known_conjugate"]].groupby("family", sort=False):
             out.append({"seeds": n, "against": fam, "auroc": auroc(h["ratio"].to_numpy(), neg)})
         out.append({"seeds": n, "against": "all non-conjugate", "auroc": auroc(pos, neg)})
+    for n, g in df[df["group"] == "shared"].groupby("seeds"):
+        null = g.loc[g["known_conjugate"], "ratio"].to_numpy()
+        for (fam, delta), h in g[~g["known_conjugate"]].groupby(["family", "delta"], dropna=False):
+            name = fam if np.isnan(delta) else f"{fam}, delta {delta:g}"
+            if null.size:
+                out.append({"seeds": n, "against": f"{name} vs shared-decay, delta 0",
+                            "auroc": auroc(h["ratio"].to_numpy(), null)})  # fmt: skip
     power = df[df["group"] == "power"]
     main_conj = df[(df["group"] == "main") & df["known_conjugate"]]
     for vs, null_rows in (("delta 0", power[power["delta"] == 0]), ("main conjugate", main_conj)):
@@ -432,7 +523,8 @@ def markdown(summary: pd.DataFrame, roc: pd.DataFrame) -> str:
     """The tables of docs/calibration.md."""
     lines: list[str] = []
     rates_head = "| not conjugate | conjugate | inconclusive | p < alpha | median ratio |"
-    for group, title in (("main", "Verdict rates"), ("diagnostic", "Diagnostics")):
+    groups = (("main", "Verdict rates"), ("diagnostic", "Diagnostics"))
+    for group, title in (*groups, ("shared", "One shared observation map")):
         part = summary[summary["group"] == group]
         if not len(part):
             continue
@@ -441,7 +533,11 @@ def markdown(summary: pd.DataFrame, roc: pd.DataFrame) -> str:
         lines += ["|---|---|---|---|---|---|---|---|---|"]
         for _, r in part.iterrows():
             known = "conjugate" if r["known_conjugate"] else "not conjugate"
-            cells = [r["family"], known, str(r["seeds"]), str(r["experiments"])]
+            name = r["family"] if pd.isna(r["delta"]) or group != "shared" else (
+                f"{r['family']}, delta {r['delta']:g}")  # fmt: skip
+            if r.get("method", "plain") != "plain":
+                name += f" [{r['method']}]"
+            cells = [name, known, str(r["seeds"]), str(r["experiments"])]
             cells += [cell(r, v) for v in (*VERDICTS, "p < alpha")]
             cells.append(f"{r['median ratio']:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
@@ -453,8 +549,10 @@ def markdown(summary: pd.DataFrame, roc: pd.DataFrame) -> str:
             "| delta | seeds | experiments " + rates_head,
             "|---|---|---|---|---|---|---|---|",
         ]
-        for _, r in power.sort_values(["delta", "seeds"]).iterrows():
-            cells = [f"{r['delta']:g}", str(r["seeds"]), str(r["experiments"])]
+        for _, r in power.sort_values(["delta", "seeds"], kind="stable").iterrows():
+            method = r.get("method", "plain")
+            delta = f"{r['delta']:g}" + ("" if method == "plain" else f" [{method}]")
+            cells = [delta, str(r["seeds"]), str(r["experiments"])]
             cells += [cell(r, v) for v in (*VERDICTS, "p < alpha")]
             cells.append(f"{r['median ratio']:.2f}")
             lines.append("| " + " | ".join(cells) + " |")
@@ -510,7 +608,30 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--deltas", type=float, nargs="*", default=[0, 0.0005, 0.001, 0.002])
     parser.add_argument("--power-experiments", type=int, help="per delta (default --experiments)")
     parser.add_argument("--diagnostic-experiments", type=int, default=100, help="per variant")
-    parser.add_argument("--families", nargs="*", help="only these main families (default all)")
+    parser.add_argument(
+        "--families",
+        nargs="*",
+        help="only the families of these names, in every group (default all; power, "
+        "shared-decay and shared-rotation name the power curve and the shared-map families)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=["plain"],
+        help="plain W; stable: W of the modes whose spread over init resamples is at most "
+        "--max-spread; sgot: the spectral-Grassmann distance (each on the same seeds)",
+    )
+    parser.add_argument("--spread-resamples", type=int, default=QUALITY["spread_resamples"])
+    parser.add_argument("--max-spread", type=float, default=QUALITY["max_spread"])
+    parser.add_argument("--sgot-eta", type=float, default=QUALITY["sgot_eta"])
+    parser.add_argument(
+        "--shared-experiments",
+        type=int,
+        default=0,
+        help="per family of one shared observation map (shared-decay over --deltas, "
+        "shared-rotation; default 0: not run)",
+    )
     parser.add_argument(
         "--summarize", action="store_true", help="only redo the tables from --out/experiments.csv"
     )
@@ -532,10 +653,14 @@ def main(argv: list[str] | None = None) -> None:
         return
     power_n = args.experiments if args.power_experiments is None else args.power_experiments
     todo = [(f, args.experiments) for f in families(args.delta)]
-    if args.families is not None:
-        todo = [(f, n) for f, n in todo if f.name in args.families]
     todo += [(decay(d, "power"), power_n) for d in args.deltas]
     todo += [(f, args.diagnostic_experiments) for f in diagnostics(args.delta)]
+    todo += [(f, args.shared_experiments) for f in shared_families(args.deltas)]
+    if args.families is not None:
+        todo = [(f, n) for f, n in todo if f.name in args.families]
+    methods = tuple(args.methods)
+    quality = {"spread_resamples": args.spread_resamples, "max_spread": args.max_spread,
+               "sgot_eta": args.sgot_eta}  # fmt: skip
     frames, walls, kept = [], {}, []
     begin = time.perf_counter()
 
@@ -545,9 +670,11 @@ def main(argv: list[str] | None = None) -> None:
     for fam, n in todo:
         if n <= 0:
             continue
-        name = fam.name if fam.group != "power" else f"power, delta {fam.delta:g}"
+        name = (
+            fam.name if fam.group not in ("power", "shared") else f"{fam.name}, delta {fam.delta:g}"
+        )
         t = time.perf_counter()
-        frame, spectra = run_family(fam, n, args.seeds, options, args.seed, log)
+        frame, spectra = run_family(fam, n, args.seeds, options, args.seed, log, methods, quality)
         frames.append(frame)
         kept += spectra
         walls[name] = round(time.perf_counter() - t, 1)

@@ -21,8 +21,8 @@ from conjugacy.config.validation import defaults
 from conjugacy.koopman.observables import Observable
 from conjugacy.koopman.spectrum import DEFAULTS, KoopmanOptions, decompose, open_pooled
 from conjugacy.stores.contract import open_spectrum, open_trajectory, tensor_variables
-from conjugacy.verdict.compare import verdict_table
-from conjugacy.verdict.distance import pairwise, wasserstein
+from conjugacy.verdict.compare import DISTANCE_KEYS, verdict_table
+from conjugacy.verdict.distance import SGOT_ETA, modes_gram, pairwise, sgot_pairwise, wasserstein
 
 __all__ = ["compare", "open_spectrum", "open_trajectory", "spectrum", "wasserstein"]
 
@@ -65,6 +65,8 @@ def spectrum(
     variant: str = DEFAULTS["variant"],
     observables: list[str] | None = DEFAULTS["observables"],
     keep: int | None = DEFAULTS["keep"],
+    spread_resamples: int | None = None,
+    max_spread: float | None = None,
 ) -> np.ndarray:
     """Koopman eigenvalues (complex, by decreasing modulus order of the DMD) of one seed's runs.
 
@@ -72,6 +74,8 @@ def spectrum(
     of the seed, steps 0..T-1), a trajectory store, or several stores pooled
     as the inits of one DMD. The defaults are the config's (`koopman`
     section of the schema); the numbers equal those of `conjugacy koopman`.
+    `spread_resamples` and `max_spread` drop the modes whose eigenvalue moves
+    by more than `max_spread` when the inits are resampled (before `keep`).
     """
     from conjugacy.config import check_koopman
 
@@ -84,6 +88,8 @@ def spectrum(
         pca=pca,
         variant=variant,
         keep=keep,
+        spread_resamples=spread_resamples,
+        max_spread=max_spread,
     )
     ds = stores[0]
     names = opts.observables or tensor_variables(ds)
@@ -109,7 +115,9 @@ def compare(
 
     `verdict_options` are the config's `compare` settings (alpha, max_ratio,
     permutations, correction, ...), defaults from the schema; `pairs`
-    defaults to every pair of conditions, in the mapping's order.
+    defaults to every pair of conditions, in the mapping's order. With
+    `distance="sgot"` each seed is a pair (eigenvalues, modes), modes shaped
+    (values, eigenvalues) in a space all seeds share.
     """
     options = {**defaults("compare"), **verdict_options}
     names = list(spectra)
@@ -119,11 +127,28 @@ def compare(
     if len(names) < 2:
         raise ConfigError(f"spectra: {len(names)} condition(s); a verdict needs two or more")
     labels = [(c, i) for c in names for i in range(len(spectra[c]))]
-    values = [np.asarray(v, dtype=np.complex128) for c in names for v in spectra[c]]
+    how = {k: options.pop(k) for k in DISTANCE_KEYS if k in options}
+    if how.get("distance") == "sgot":
+        w = _sgot_matrix([v for c in names for v in spectra[c]], how.get("sgot_eta"))
+    else:
+        w = pairwise([np.asarray(v, dtype=np.complex128) for c in names for v in spectra[c]])
     chosen = options.pop("pairs", None)
     wanted = (
         [tuple(p) for p in chosen]
         if chosen
         else [(a, b) for i, a in enumerate(names) for b in names[i + 1 :]]
     )
-    return verdict_table(labels, pairwise(values), wanted, **options)
+    return verdict_table(labels, w, wanted, **options)
+
+
+def _sgot_matrix(spectra: list[Any], eta: float | None) -> np.ndarray:
+    """sgot between (eigenvalues, modes) pairs, modes (values x eigenvalues) of one space."""
+    pairs = [(np.asarray(e, dtype=np.complex128), np.asarray(m)) for e, m in spectra]
+    sizes = {m.shape[0] for _, m in pairs}
+    if len(sizes) != 1 or any(m.shape[1] != e.size for e, m in pairs):
+        raise ConfigError(
+            "argument distance sgot: expected (eigenvalues, modes) per seed, modes shaped "
+            f"(values, eigenvalues) with one number of values; got {sorted(sizes)} values"
+        )
+    gram = modes_gram([m for _, m in pairs])
+    return sgot_pairwise([e for e, _ in pairs], gram, SGOT_ETA if eta is None else eta)

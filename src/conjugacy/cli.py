@@ -184,7 +184,8 @@ def cmd_koopman(args: argparse.Namespace) -> None:
 
     share_one_arena()  # read-ahead threads reuse the same freed blocks
 
-    keys = {k: k for k in ("delays", "rank", "window", "pca", "variant", "device", "modes", "keep")}
+    names = ("delays", "rank", "window", "pca", "variant", "device", "modes", "keep")
+    keys = {k: k for k in (*names, "spread_resamples", "max_spread")}
     given = {**args.settings, **_given(args, {**keys, "observables": "observable"})}
     settings = config_settings("koopman", given, option_label)
     opts = KoopmanOptions.from_settings(settings, readahead=args.readahead)
@@ -473,6 +474,7 @@ def _verdict_settings(args: argparse.Namespace) -> dict:
     from conjugacy.config import check_verdict_options
 
     keys = ("alpha", "max_ratio", "permutations", "correction", "bootstrap", "bootstrap_seed")
+    keys += tuple(k for k in ("distance", "sgot_eta") if hasattr(args, k))  # compare's own
     given = {**args.settings, **_given(args, {k: k for k in keys})}
     if getattr(args, "pair", None) is not None:
         given["pairs"] = [list(pair) for pair in args.pair]
@@ -576,6 +578,16 @@ def _add_koopman(sub) -> None:
         help="compare only this many modes, those of most energy (default: every mode)",
     )
     k.add_argument(
+        "--spread-resamples",
+        type=_int_at_least(2),
+        help="refit to this many resamples of the inits and store each eigenvalue's spread",
+    )
+    k.add_argument(
+        "--max-spread",
+        type=float,
+        help="drop modes whose spread exceeds this (needs --spread-resamples; before --keep)",
+    )
+    k.add_argument(
         "--variant",
         choices=("exact", "tls", "fb"),
         help="exact, total-least-squares (tls) or forward-backward (fb) DMD "
@@ -631,6 +643,15 @@ def _add_compare(sub) -> None:
         help="condition of each .npy/.csv input, in order (default: its folder's name)",
     )
     _verdict_options(c, "the pairs")
+    c.add_argument(
+        "--distance",
+        choices=("w1", "sgot"),
+        help="w1 between eigenvalue sets (default), or sgot, the spectral-Grassmann "
+        "distance between eigenpairs (spectrum stores with modes of one shared space)",
+    )
+    c.add_argument(
+        "--sgot-eta", type=float, help="weight of the eigenvalue term of sgot (default 0.5)"
+    )
     c.set_defaults(func=cmd_compare)
 
 

@@ -33,7 +33,7 @@ KOOPMAN_KEYS = (
     "device",
     "modes",
     "keep",
-)
+)  # every key a resolved section has (the opt-in spread_resamples, max_spread: when given)
 
 
 def _section_condition(cfg: dict[str, Any], section: str, i: int, name: str) -> dict[str, Any]:
@@ -460,6 +460,11 @@ def check_koopman(
         raise ConfigError(
             f"{label('keep')}: {keep} modes, but the rank allows at most {bound}; "
             f"expected keep <= {bound}"
+        )
+    if kcfg.get("max_spread") is not None and not kcfg.get("spread_resamples"):
+        raise ConfigError(
+            f"{label('max_spread')}: {kcfg['max_spread']} needs the spread of each "
+            "eigenvalue; expected spread_resamples as well (e.g. 100)"
         )
 
 

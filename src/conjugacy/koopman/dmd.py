@@ -79,7 +79,11 @@ class DMDResult:
     pair_coefs: np.ndarray | None = None
     energy: np.ndarray | None = None  # (rank,) share of sum_t |x~_t|^2 on each mode
     residual: np.ndarray | None = None  # (rank,) relative residual of each eigenpair
-    dropped: dict[str, np.ndarray] | None = None  # eigenvalues, energy, residual `dominant` left
+    # (rank,) median distance of each eigenvalue to its match in fits to inits resampled
+    # with replacement (spectrum.init_spread); None unless asked for
+    spread: np.ndarray | None = None
+    # eigenvalues, energy, residual (and spread) that `dominant` or `stable` left
+    dropped: dict[str, np.ndarray] | None = None
 
     def dominant(self, keep: int) -> DMDResult:
         """The `keep` modes of most energy (in decreasing-modulus order), the rest in `dropped`.
@@ -95,9 +99,31 @@ class DMDResult:
             )
         # Ties (the two modes of a complex pair carry equal energy) keep the earlier one.
         order = np.argsort(-np.round(self.energy, 12), kind="stable")
-        kept = np.sort(order[:keep])
-        left = np.sort(order[keep:])
-        fields = ("eigenvalues", "energy", "residual")
+        return self._split(np.sort(order[:keep]), np.sort(order[keep:]))
+
+    def stable(self, max_spread: float) -> DMDResult:
+        """The modes whose resampling spread is at most `max_spread`, the rest in `dropped`.
+
+        An eigenvalue fitted to noise moves when the inits are resampled; one
+        of the dynamics stays put. At least the steadiest mode is kept.
+        """
+        if self.spread is None:
+            raise ValueError("no spread to select on: fit with init resamples first")
+        kept = np.flatnonzero(self.spread <= max_spread)
+        if kept.size == 0:
+            kept = np.array([int(np.argmin(self.spread))])
+        return self._split(kept, np.setdiff1d(np.arange(self.spread.size), kept))
+
+    def _split(self, kept: np.ndarray, left: np.ndarray) -> DMDResult:
+        """Modes `kept` stay, modes `left` are appended to `dropped` (both index arrays)."""
+        fields = ("eigenvalues", "energy", "residual") + (("spread",) * (self.spread is not None))
+        before = self.dropped or {}
+        dropped = {
+            f: np.concatenate([before[f], getattr(self, f)[left]])
+            if f in before
+            else getattr(self, f)[left]
+            for f in fields
+        }
         return replace(
             self,
             eigenvalues=self.eigenvalues[kept],
@@ -105,7 +131,8 @@ class DMDResult:
             eigenvectors=None if self.eigenvectors is None else self.eigenvectors[:, kept],
             energy=self.energy[kept],
             residual=self.residual[kept],
-            dropped={f: getattr(self, f)[left] for f in fields},
+            spread=None if self.spread is None else self.spread[kept],
+            dropped=dropped,
         )
 
     def mode_matrix(self, y_v_sinv: np.ndarray) -> np.ndarray:
@@ -551,6 +578,25 @@ def condition_number(s: np.ndarray, rank: int | str) -> float:
     wanted = s.size if rank == "full" else min(int(rank), s.size)
     low = s[wanted - 1]
     return float((s[0] / low) ** 2) if low > 0 else float("inf")
+
+
+def matched_spread(full: np.ndarray, resampled: list[np.ndarray], q: float = 0.5) -> np.ndarray:
+    """Per eigenvalue of `full`, the q-quantile over resamples of |lambda_b - lambda|.
+
+    Each resample's eigenvalues are matched to the full data's one to one by
+    the assignment of least total distance; a full-data eigenvalue left
+    unmatched (a resample of lower numerical rank) takes its distance to the
+    nearest resampled one.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    dist = np.empty((len(resampled), full.size))
+    for b, values in enumerate(resampled):
+        cost = np.abs(full[:, None] - values[None, :])
+        rows, cols = linear_sum_assignment(cost)
+        dist[b] = cost.min(axis=1)
+        dist[b, rows] = cost[rows, cols]
+    return np.quantile(dist, q, axis=0)
 
 
 def fixed_point(

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from conjugacy.koopman.dmd import (
     dmd_from_covariance,
     dmd_from_gram_factors,
     leading_eigh,
+    matched_spread,
     needs_qr,
     rank_bound,
     require_finite,
@@ -73,6 +75,9 @@ class KoopmanOptions:
     device: str = DEFAULTS["device"]
     modes: bool = DEFAULTS["modes"]
     keep: int | None = DEFAULTS["keep"]
+    # Opt-in (no schema default, so configs without them resolve as before):
+    spread_resamples: int | None = None  # init resamples for each eigenvalue's spread
+    max_spread: float | None = None  # drop modes whose spread exceeds it (before keep)
     readahead: int = DEPTH  # a run-time resource, not a setting: results do not depend on it
 
     @classmethod
@@ -90,6 +95,8 @@ class KoopmanOptions:
             device=settings["device"],
             modes=settings["modes"],
             keep=settings.get("keep"),
+            spread_resamples=settings.get("spread_resamples"),
+            max_spread=settings.get("max_spread"),
             readahead=readahead,
         )
 
@@ -189,32 +196,67 @@ def lag_products(
     with `keep_tail` also the last d + 1 (what a smaller delay's B adds).
     """
     be = be or NumpyBackend()
+    base, head, tail = lag_sums(obs, delays, be, budget)
+    out = assemble_lags([np.array(be.numpy(b), dtype=np.float64) for b in base], head, tail)
+    return (out, head, tail) if keep_tail else (out, head)
+
+
+def lag_sums(
+    obs: Observable,
+    delays: int,
+    be: Backend,
+    budget: int = BUDGET,
+    per_init: bool = False,
+) -> tuple[list, np.ndarray, np.ndarray]:
+    """The pass of lag_products: B(0, l) for l in 0..d+1 (backend arrays), the first and the
+    last d + 1 snapshots of each init. `per_init`: B(0, l) of each init on its own, a list
+    (inits) of lists (lags): what a resample of the inits sums with its counts as weights."""
     t, lags = obs.n_steps, delays + 2
     k = t - delays - 1  # pairs per init
     base = head = tail = None
     for start, block in obs.step_blocks(overlap=lags - 1, budget=budget):
+        p = block.shape[2]
         if base is None:
-            base = [be.zeros((block.shape[2], block.shape[2])) for _ in range(lags)]
+            count = block.shape[0] if per_init else 1
+            base = [[be.zeros((p, p)) for _ in range(lags)] for _ in range(count)]
             head = block[:, : lags - 1].copy()
         u0, u1 = start, min(k, start + block.shape[1] - (lags - 1))  # t whose lags lie here
         if u1 > u0:
-            first = block[:, u0 - start : u1 - start].reshape(-1, block.shape[2])
-            for lag in range(lags):
-                other = block[:, u0 - start + lag : u1 - start + lag].reshape(first.shape)
-                be.add_product(base[lag], first, other)
+            groups = [block[i : i + 1] for i in range(block.shape[0])] if per_init else [block]
+            for acc, part in zip(base, groups, strict=True):
+                first = part[:, u0 - start : u1 - start].reshape(-1, p)
+                for lag in range(lags):
+                    other = part[:, u0 - start + lag : u1 - start + lag].reshape(first.shape)
+                    be.add_product(acc[lag], first, other)
         if start + block.shape[1] == t:
             tail = block[:, block.shape[1] - (lags - 1) :].copy()  # s_k .. s_(T-1)
-    p = head.shape[2]
+    return (base if per_init else base[0]), head, tail
+
+
+def assemble_lags(
+    diag: list[np.ndarray], head: np.ndarray, tail: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
+    """Every B(a, b) ((d + 2), p, (d + 2), p) from the B(0, l) (float64, changed in place).
+
+    B(a + 1, a + 1 + l) follows from B(a, a + l) by taking out the pair at the
+    head and adding the one at the tail; `weights` (one per init) weigh each
+    init's head and tail pairs as the B(0, l) were weighed.
+    """
+    lags, p = len(diag), head.shape[2]
     out = np.empty((lags, p, lags, p))
-    diag = [np.array(be.numpy(b), dtype=np.float64) for b in base]  # B(a, a + l) at a = 0
     for a in range(lags):
         for lag in range(lags - a):
             out[a, :, a + lag] = diag[lag]
             out[a + lag, :, a] = diag[lag].T
+        if a == lags - 1:
+            break
+        h, t = head[:, a], tail[:, a]
+        if weights is not None:
+            h, t = h * weights[:, None], t * weights[:, None]
         for lag in range(lags - a - 1):  # step to B(a + 1, a + 1 + l): head pair out, tail in
-            diag[lag] -= head[:, a].T @ head[:, a + lag]
-            diag[lag] += tail[:, a].T @ tail[:, a + lag]
-    return (out, head, tail) if keep_tail else (out, head)
+            diag[lag] -= h.T @ head[:, a + lag]
+            diag[lag] += t.T @ tail[:, a + lag]
+    return out
 
 
 def covariance_route(
@@ -250,6 +292,15 @@ def qr_tall_route(
     Z = Q R, so X = Q R[:, x] and Y = Q R[:, y]: DMD of the small coefficient
     matrices has the same eigenvalues, with R accurate to eps * s_max.
     """
+    r = qr_tall_factor(obs, delays)
+    res = qr_tall_dmd(r, np.arange(obs.inits), obs.n_steps - delays, obs.dim * (delays + 1),
+                      rank, size, variant)  # fmt: skip
+    res.y_basis = None  # in the basis Q, not the lifted space: modes take the second pass
+    return res
+
+
+def qr_tall_factor(obs: Observable, delays: int) -> np.ndarray:
+    """R of the streaming QR of the lifted snapshots Z (D x inits*m), init-major columns."""
     n, m = obs.inits, obs.n_steps - delays
     r = None
     for block in obs.param_blocks(budget=BUDGET // (delays + 1)):
@@ -257,12 +308,23 @@ def qr_tall_route(
             [block[:, d : d + m] for d in range(delays + 1)], axis=2, dtype=np.float64
         )
         r = tsqr_update(r, rows.reshape(n * m, -1).T)
-    cols = np.arange(n * m).reshape(n, m)
+    return r
+
+
+def qr_tall_dmd(
+    r: np.ndarray,
+    inits: np.ndarray,
+    m: int,
+    dim: int,
+    rank: int | float | str,
+    size: int,
+    variant: str,
+) -> DMDResult:
+    """DMD of the columns of R of the given inits (with repeats): X = Q R[:, x], Y = Q R[:, y]."""
+    cols = (inits[:, None] * m + np.arange(m)[None, :]).reshape(inits.size, m)
     x_cols, y_cols = cols[:, :-1].ravel(), cols[:, 1:].ravel()
-    shape = (obs.dim * (delays + 1), x_cols.size)
-    res = dmd_dense(r[:, x_cols], r[:, y_cols], r[:, cols[:, 0]], rank, size, variant, shape)
-    res.y_basis = None  # in the basis Q, not the lifted space: modes take the second pass
-    return res
+    shape = (dim, x_cols.size)
+    return dmd_dense(r[:, x_cols], r[:, y_cols], r[:, cols[:, 0]], rank, size, variant, shape)
 
 
 def qr_wide_route(
@@ -273,19 +335,34 @@ def qr_wide_route(
     [X^T | Y^T] = Q R gives X = R[:, :D]^T Q^T and Y = R[:, D:]^T Q^T: DMD of
     the D x 2D coefficient matrices has the same eigenvalues and modes.
     """
-    r = x0 = None
-    n_pairs = 0
-    for start, block in obs.step_blocks(overlap=delays + 1):
-        lifted = lift(block, delays)
-        pairs = np.hstack(pairs_of(lifted))
-        n_pairs += pairs.shape[0]
-        r = tsqr_update(r, pairs)
-        if start == 0:
-            x0 = lifted[:, 0].T.copy()
+    r, x0, n_pairs = qr_wide_factor(obs, delays)
     d = r.shape[1] // 2
     res = dmd_dense(r[:, :d].T, r[:, d:].T, x0, rank, size, variant, (d, n_pairs))
     res.pair_coefs = None  # over the rows of Q, not the pairs; y_basis is the lifted one
     return res
+
+
+def qr_wide_factor(
+    obs: Observable, delays: int, per_init: bool = False
+) -> tuple[np.ndarray | list[np.ndarray], np.ndarray, int]:
+    """R of the streaming QR of the pair rows [X^T | Y^T] (or, `per_init`, one R per init),
+    the first lifted snapshots (D x inits) and the number of pairs."""
+    r = x0 = None
+    n_pairs = 0
+    for start, block in obs.step_blocks(overlap=delays + 1):
+        lifted = lift(block, delays)
+        if per_init:
+            r = r or [None] * lifted.shape[0]
+            for i in range(lifted.shape[0]):
+                r[i] = tsqr_update(r[i], np.hstack(pairs_of(lifted[i : i + 1])))
+            n_pairs += lifted.shape[0] * (lifted.shape[1] - 1)
+        else:
+            pairs = np.hstack(pairs_of(lifted))
+            n_pairs += pairs.shape[0]
+            r = tsqr_update(r, pairs)
+        if start == 0:
+            x0 = lifted[:, 0].T.copy()
+    return r, x0, n_pairs
 
 
 def pca_scores(gram: np.ndarray, k: int) -> np.ndarray:
@@ -398,8 +475,14 @@ def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[st
             route = "qr-tall" if tall else "qr-wide"
             qr = qr_tall_route if tall else qr_wide_route
             result = qr(obs, delays, opts.rank, size, variant)
-    if opts.keep is not None:
-        result = result.dominant(opts.keep)
+    if opts.spread_resamples:
+        spread = init_spread(obs, opts, result, route, be)
+        result = replace(result, spread=spread)
+        if opts.max_spread is not None:
+            result = result.stable(opts.max_spread)
+    if opts.keep is not None:  # after max_spread, keep takes at most the stable modes
+        stable = opts.max_spread is not None and opts.spread_resamples
+        result = result.dominant(min(opts.keep, result.eigenvalues.size) if stable else opts.keep)
     facts = {
         "route": route,
         "lifted_dim": lifted_dim,
@@ -422,6 +505,90 @@ def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[st
     return result, facts
 
 
+SPREAD_SEED = 0  # the init resamples: the same data give the same spread
+SPREAD_QUANTILE = 0.5  # the spread is the median distance over the resamples
+
+
+def init_resamples(inits: int, count: int, seed: int = SPREAD_SEED) -> np.ndarray:
+    """`count` draws of `inits` init indices with replacement (count x inits), fixed seed."""
+    return np.random.default_rng(seed).integers(0, inits, size=(count, inits))
+
+
+def init_spread(
+    obs: Observable, opts: KoopmanOptions, result: DMDResult, route: str, be: Backend
+) -> np.ndarray:
+    """Each eigenvalue's spread over fits to the inits resampled with replacement.
+
+    The seed's inits are its replicates: a DMD refitted to a resample of them
+    at the same rank moves an eigenvalue of the dynamics little and one
+    fitted to noise much. One more pass over the store keeps what a resample
+    needs on the route the fit took: the lifted Gram (Gram: a resample picks
+    rows and columns), the lag sums of each init (covariance: a resample sums
+    them with its counts), R of each init's pair rows (QR-wide: R of the
+    stacked R's), R of the snapshots (QR-tall: a resample picks columns), or
+    the PCA scores. Spread: the median over resamples of the distance from
+    each eigenvalue to its match (matched_spread).
+    """
+    draws = init_resamples(obs.inits, opts.spread_resamples)
+    fits = resample_fits(obs, opts, result.rank, route, be)
+    resampled = [fits(idx) for idx in draws]
+    return matched_spread(result.eigenvalues, resampled, SPREAD_QUANTILE)
+
+
+def resample_fits(
+    obs: Observable, opts: KoopmanOptions, rank: int, route: str, be: Backend
+) -> Callable[[np.ndarray], np.ndarray]:
+    """A function from resampled init indices to the eigenvalues of that resample's DMD."""
+    n, t, delays, variant = obs.inits, obs.n_steps, opts.delays, opts.variant
+    values = opts.pca if opts.pca is not None else obs.dim
+    lifted_dim, n_pairs = values * (delays + 1), n * (t - delays - 1)
+    size = max(lifted_dim, n_pairs)
+    if route == "gram":
+        h = lift_gram_inplace(accumulate_gram(obs, be), n, t, delays)
+
+        def gram_fit(idx: np.ndarray) -> np.ndarray:
+            return gram_dmds(h[idx][:, :, idx], [rank], lifted_dim, variant)[0].eigenvalues
+
+        return gram_fit
+    if route == "covariance":
+        base, head, tail = lag_sums(obs, delays, be, per_init=True)
+        per_init = [[np.array(be.numpy(b), dtype=np.float64) for b in acc] for acc in base]
+
+        def covariance_fit(idx: np.ndarray) -> np.ndarray:
+            w = np.bincount(idx, minlength=n).astype(np.float64)
+            diag = [sum(w[i] * per_init[i][lag] for i in np.flatnonzero(w)) for lag in
+                    range(delays + 2)]  # fmt: skip
+            b = assemble_lags(diag, head, tail, w)
+            cxx, cyx, cyy, x0 = covariances(b, head[idx], variant)
+            fit = dmd_from_covariance(cxx, cyx, x0, rank, n_pairs, cyy=cyy, variant=variant)
+            return fit.eigenvalues
+
+        return covariance_fit
+    if route == "qr-wide":
+        rs, x0, _ = qr_wide_factor(obs, delays, per_init=True)
+        d = rs[0].shape[1] // 2
+
+        def wide_fit(idx: np.ndarray) -> np.ndarray:
+            r = tsqr_update(None, np.vstack([rs[i] for i in idx]))
+            return dmd_dense(r[:, :d].T, r[:, d:].T, x0[:, idx], rank, size, variant,
+                             (d, n_pairs)).eigenvalues  # fmt: skip
+
+        return wide_fit
+    if route == "qr-tall":
+        r = qr_tall_factor(obs, delays)
+        m = t - delays
+        return lambda idx: qr_tall_dmd(r, idx, m, lifted_dim, rank, size, variant).eigenvalues
+    scores = pca_scores(accumulate_gram(obs, be), opts.pca).reshape(n, t, opts.pca)
+
+    def pca_fit(idx: np.ndarray) -> np.ndarray:
+        lifted = lift(scores[idx], delays)
+        x, y = pairs_of(lifted)
+        shape = (lifted_dim, n_pairs)
+        return dmd_dense(x.T, y.T, lifted[:, 0].T, rank, size, variant, shape).eigenvalues
+
+    return pca_fit
+
+
 def write_modes(group: zarr.Group, obs: Observable, result: DMDResult, delays: int) -> None:
     """DMD modes of the observables' values as a chunked (mode, value) complex128 array.
 
@@ -440,14 +607,31 @@ def write_modes(group: zarr.Group, obs: Observable, result: DMDResult, delays: i
         compressors=CHECKSUM,
         dimension_names=("mode", "value"),
     )
+    for first, count, modes in mode_blocks(obs, result, delays):
+        arr[:, first : first + count] = modes.T
+
+
+def mode_blocks(
+    obs: Observable, result: DMDResult, delays: int
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """(first value, count, modes (count x rank)) of the observables' values, block by block.
+
+    From Y V S^-1 in the lifted space where the route has it, else by a pass
+    over the store: Y's first delay block is the snapshots 1 .. m-1 of each init.
+    """
     if result.y_basis is not None:
-        arr[:] = result.mode_matrix(result.y_basis[:dim]).T
+        yield 0, obs.dim, result.mode_matrix(result.y_basis[: obs.dim])
         return
     m = obs.n_steps - delays
     ranges = obs.param_ranges()
     for (_, _, first, count), block in zip(ranges, obs.param_blocks(), strict=True):
         y = block[:, 1:m].reshape(-1, count).astype(np.float64)  # (pairs, values), init-major
-        arr[:, first : first + count] = result.mode_matrix(y.T @ result.pair_coefs).T
+        yield first, count, result.mode_matrix(y.T @ result.pair_coefs)
+
+
+def value_modes(obs: Observable, result: DMDResult, delays: int) -> np.ndarray:
+    """The modes write_modes writes, in memory (values x rank)."""
+    return np.vstack([modes for _, _, modes in mode_blocks(obs, result, delays)])
 
 
 def spectrum_dataset(result: DMDResult, attrs: dict[str, Any]) -> xr.Dataset:
@@ -459,6 +643,8 @@ def spectrum_dataset(result: DMDResult, attrs: dict[str, Any]) -> xr.Dataset:
         "residual": ("mode", result.residual),
         "singular_values": ("component", result.singular_values),
     }
+    if result.spread is not None:
+        data["spread"] = ("mode", result.spread)
     for name, values in (result.dropped or {}).items():
         data[f"dropped_{name}"] = ("dropped", values)
     return xr.Dataset(data, attrs={**attrs, "rank": result.rank})
@@ -588,6 +774,8 @@ def write_spectrum(
         "device": opts.device,
         "keep": opts.keep,
     }
+    if opts.spread_resamples:  # opt-in: stores written without it keep their attributes
+        settings |= {"spread_resamples": opts.spread_resamples, "max_spread": opts.max_spread}
     source = {k: ds.attrs[k] for k in ("experiment", "condition", "seed") if k in ds.attrs}
     source |= label or {}
     stored = str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]

@@ -15,7 +15,7 @@ import xarray as xr
 from conjugacy.config import ConfigError, check_verdict_options
 from conjugacy.config.validation import defaults
 from conjugacy.stores.contract import StoreError, claim_output, open_spectrum, read, write_dataset
-from conjugacy.verdict.distance import pairwise
+from conjugacy.verdict.distance import SGOT_ETA, DependentModes, pairwise, sgot_pairwise
 from conjugacy.verdict.stats import corrected, verdict
 
 log = logging.getLogger(__name__)
@@ -48,6 +48,10 @@ VERDICT_COLUMNS = [
 ]
 
 
+DESCRIPTIONS = {
+    "w1": "W1 between Koopman eigenvalue sets (Euclidean, uniform weights)",
+    "sgot": "spectral-Grassmann W1 between Koopman eigenpairs (ot.sgot, chordal)",
+}
 SEED_FILE = re.compile(r"seed(\d+)(\.zarr|\.npy|\.csv)")
 EIGENVALUE_FILES = (".npy", ".csv")
 
@@ -142,7 +146,9 @@ def load_spectra(
     return labels, spectra, excluded
 
 
-def distances_dataset(labels: list[tuple[str, int]], w: np.ndarray) -> xr.Dataset:
+def distances_dataset(
+    labels: list[tuple[str, int]], w: np.ndarray, distance: str = "w1"
+) -> xr.Dataset:
     """W as a 4-D array over (condition, seed) on both sides; NaN where a seed is absent."""
     conditions = list(dict.fromkeys(c for c, _ in labels))
     seeds = sorted({s for _, s in labels})
@@ -160,7 +166,7 @@ def distances_dataset(labels: list[tuple[str, int]], w: np.ndarray) -> xr.Datase
             "condition_b": np.array(conditions, dtype=object),
             "seed_b": seeds,
         },
-        attrs={"description": "W1 between Koopman eigenvalue sets (Euclidean, uniform weights)"},
+        attrs={"description": DESCRIPTIONS[distance]},
     )
 
 
@@ -209,6 +215,83 @@ def verdict_table(
     return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
 
 
+DISTANCE_KEYS = ("distance", "sgot_eta")  # which distance: not options of the test itself
+MODE_BLOCK = 1 << 26  # bytes of stacked modes read at a time for their Gram
+
+
+def spectrum_modes(paths: list[str | Path], labels: list[tuple[str, int]]) -> list[xr.Dataset]:
+    """The spectrum stores of `labels` (in order), checked for sgot before any mode is read:
+    each has modes, one per eigenvalue, of as many values as the others and at most as
+    many modes as values (else the left eigenvectors, their dual basis, do not exist)."""
+    found = {}
+    for p in map(Path, paths):
+        if p.suffix in EIGENVALUE_FILES:
+            raise ConfigError(
+                f"option --distance sgot: eigenvalue file {p} has no modes; expected spectrum "
+                "stores written with koopman modes: true"
+            )
+        ds = open_spectrum(p)
+        if ds.attrs.get("status") == "excluded":
+            continue
+        if "modes" not in ds:
+            raise ConfigError(
+                f"option --distance sgot: spectrum store {p} has no modes; rerun its Koopman "
+                "stage with modes: true (--modes)"
+            )
+        found[label(p, ds)] = (p, ds)
+    first_path, first = found[labels[0]]
+    values = first.sizes["value"]
+    for key in labels:
+        p, ds = found[key]
+        modes, size = ds["modes"].shape, ds.sizes["mode"]
+        if modes[1] != values:
+            raise ConfigError(
+                f"option --distance sgot: spectrum store {p} has modes of {modes[1]} values, "
+                f"{first_path} of {values}; sgot compares spectra observed in one space"
+            )
+        if size > values:
+            raise ConfigError(
+                f"option --distance sgot: spectrum store {p} has {size} modes of {values} "
+                "values; expected at most as many modes as values (fewer delays or a "
+                "lower rank, or keep)"
+            )
+    return [found[key][1] for key in labels]
+
+
+def stores_modes_gram(stores: list[xr.Dataset]) -> np.ndarray:
+    """R^H R of every store's modes stacked as columns, summed over blocks of values."""
+    sizes = [ds.sizes["mode"] for ds in stores]
+    total, values = sum(sizes), stores[0].sizes["value"]
+    step = max(1, MODE_BLOCK // (16 * total))
+    gram = np.zeros((total, total), dtype=np.complex128)
+    for start in range(0, values, step):
+        cols = slice(start, min(values, start + step))
+        block = np.vstack([read(ds, "modes", (slice(None), cols)) for ds in stores])
+        gram += block.conj() @ block.T
+    return gram
+
+
+def distance_matrix(
+    paths: list[str | Path],
+    labels: list[tuple[str, int]],
+    values: list[np.ndarray],
+    distance: str = "w1",
+    sgot_eta: float = SGOT_ETA,
+) -> np.ndarray:
+    """W1 between the eigenvalue sets, or (distance sgot) sgot between the eigenpairs."""
+    if distance != "sgot":
+        return pairwise(values)
+    stores = spectrum_modes(paths, labels)
+    try:
+        return sgot_pairwise(values, stores_modes_gram(stores), sgot_eta)
+    except DependentModes as exc:
+        where = stores[exc.index].encoding.get("source", labels[exc.index])
+        raise StoreError(
+            f"option --distance sgot: spectrum store {where}: its modes are linearly "
+            "dependent, so it has no left eigenvectors"
+        ) from None
+
+
 def write_verdicts(
     spectra: list[str | Path],
     outdir: str | Path,
@@ -224,8 +307,11 @@ def write_verdicts(
     given = options | ({} if pairs is None else {"pairs": pairs})
     check_verdict_options(given, lambda k: f"compare.{k}")
     opts = {k: v for k, v in {**DEFAULTS, **options}.items() if k != "pairs"}
+    how = {k: opts.pop(k) for k in DISTANCE_KEYS if k in opts}
     claim_output(Path(outdir) / "distances.zarr", "distances", inputs=spectra)
     labels, values, excluded = load_spectra(spectra, labels_given)
+    if how.get("distance") == "sgot" and labels:  # modes checked before any W is computed
+        spectrum_modes(spectra, labels)
     if pairs is not None:  # every condition of a pair has spectra, before W is computed
         present = [c for c, _ in [*labels, *excluded]]
         check_verdict_options(
@@ -239,11 +325,12 @@ def write_verdicts(
                 "nothing to compare: the spectra hold one condition (%s); a verdict needs two",
                 ", ".join(conds) or "none",
             )
-    w = pairwise(values)
+    w = distance_matrix(spectra, labels, values, **how)
     table = verdict_table(labels, w, pairs, excluded=excluded, **opts)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    write_dataset(distances_dataset(labels, w), outdir / "distances.zarr", role="distances")
+    dataset = distances_dataset(labels, w, how.get("distance", "w1"))
+    write_dataset(dataset, outdir / "distances.zarr", role="distances")
     iu = np.triu_indices(len(labels), k=1)
     pd.DataFrame(
         {

@@ -185,7 +185,8 @@ def write_windows(paths: list[str | Path], outdir: str | Path, **options: Any) -
     correction, bootstrap, bootstrap_seed); the schema's defaults fill the rest.
     """
     check_verdict_options(options, lambda k: f"compare.{k}")
-    opts = {k: v for k, v in {**DEFAULTS, **options}.items() if k != "pairs"}
+    skip = ("pairs", "distance", "sgot_eta")  # the windows stage measures W1 (no modes)
+    opts = {k: v for k, v in {**DEFAULTS, **options}.items() if k not in skip}
     claim_output(Path(outdir) / STORE, "windows", inputs=paths)
     spectra = load_windows(paths)
     outdir = Path(outdir)

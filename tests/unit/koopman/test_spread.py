@@ -1,0 +1,121 @@
+"""Eigenvalue spread over resampled inits: zero without noise, growing with it, on every route."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from conjugacy.api import _as_dataset
+from conjugacy.config import ConfigError, check_koopman
+from conjugacy.koopman.backend import NumpyBackend
+from conjugacy.koopman.dmd import matched_spread
+from conjugacy.koopman.observables import Observable
+from conjugacy.koopman.spectrum import (
+    KoopmanOptions,
+    decompose,
+    resample_fits,
+    spectrum_dataset,
+)
+
+TRUE = np.array(
+    [0.95 * np.exp(0.3j), 0.95 * np.exp(-0.3j), 0.85 * np.exp(0.9j), 0.85 * np.exp(-0.9j)]
+)
+# (options, route): each route of the decomposition, on 4 inits x 50 steps of a 4-d system
+ROUTES = [
+    ({}, "covariance"),
+    ({"variant": "tls"}, "covariance"),
+    ({"delays": 30, "rank": 4}, "gram"),
+    ({"delays": 5, "rank": "full"}, "qr-wide"),
+    ({"delays": 30, "rank": "full"}, "qr-tall"),
+    ({"pca": 4}, "pca"),
+]
+
+
+def seed_data(noise: float, seed: int = 0, inits: int = 4, steps: int = 50) -> np.ndarray:
+    """(inits, steps, 4) of x_{t+1} = A x_t (eigenvalues TRUE) through an orthogonal map."""
+    rng = np.random.default_rng(seed)
+    a = np.zeros((4, 4))
+    for k, (r, th) in enumerate(((0.95, 0.3), (0.85, 0.9))):
+        a[2 * k : 2 * k + 2, 2 * k : 2 * k + 2] = r * np.array(
+            [[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]]
+        )
+    q = np.linalg.qr(rng.standard_normal((4, 4)))[0]
+    x = rng.standard_normal((inits, 4))
+    out = np.empty((inits, steps, 4))
+    for t in range(steps):
+        out[:, t] = x @ q.T
+        x = x @ a.T
+    rms = np.sqrt(np.mean(out**2))
+    return out + noise * rms * rng.standard_normal(out.shape)
+
+
+def fit(data: np.ndarray, **options):
+    obs = Observable([_as_dataset(data)], ["x"], None)
+    return obs, *decompose(obs, KoopmanOptions(**options))
+
+
+def test_matched_spread_by_hand():
+    """Each resample is matched one to one; the spread is the median distance over resamples."""
+    full = np.array([0.0, 1.0])
+    resampled = [np.array([1.1, 0.1]), np.array([0.0, 1.2]), np.array([0.3])]
+    # distances: (0.1, 0.1), (0, 0.2), (0.3 matched to 0; 1 unmatched: nearest 0.7)
+    assert np.allclose(matched_spread(full, resampled), [0.1, 0.2])
+
+
+@pytest.mark.parametrize(("options", "route"), ROUTES)
+def test_the_full_draw_refits_the_fit_on_every_route(options, route):
+    """A resample that draws every init once is the data itself: the same eigenvalues.
+    (Exact data make the full rank ill-conditioned: the QR routes.)"""
+    obs, result, facts = fit(seed_data(0.0 if route.startswith("qr") else 0.01), **options)
+    assert facts["route"] == route
+    opts = KoopmanOptions(**options)
+    refit = resample_fits(obs, opts, result.rank, route, NumpyBackend())
+    again = refit(np.arange(obs.inits))
+    assert np.allclose(np.sort_complex(again), np.sort_complex(result.eigenvalues), atol=1e-9)
+
+
+@pytest.mark.parametrize(("options", "route"), [r for r in ROUTES if r[1] != "pca"])
+def test_spread_is_zero_without_noise_and_grows_with_it(options, route):
+    spreads = []
+    for noise in (0.0, 0.01, 0.05):
+        _, result, facts = fit(seed_data(noise), spread_resamples=20, **options)
+        if noise == 0.0:
+            assert facts["route"] == route or route.startswith("qr")
+            assert result.spread.max() < 1e-7  # exact linear data: every refit is exact
+        spreads.append(np.sort(result.spread)[:4].mean())  # the system's 4 modes
+    assert 0 < spreads[1] < spreads[2]
+
+
+def test_defaults_store_no_spread_and_the_same_eigenvalues():
+    data = seed_data(0.01)
+    _, plain, _ = fit(data)
+    _, spread, _ = fit(data, spread_resamples=10)
+    assert plain.spread is None and "spread" not in spectrum_dataset(plain, {})
+    assert np.array_equal(plain.eigenvalues, spread.eigenvalues)
+    assert spectrum_dataset(spread, {})["spread"].dims == ("mode",)
+
+
+def test_max_spread_drops_noise_modes_and_keeps_the_dynamics():
+    """With a rank above the system's 4 modes, the extra ones are fitted to noise: they move
+    when the inits are resampled and max_spread drops them; the 4 true ones stay."""
+    data = seed_data(0.01, inits=6)
+    _, full, _ = fit(data, delays=5, rank=12)
+    _, kept, _ = fit(data, delays=5, rank=12, spread_resamples=40, max_spread=0.01)
+    assert full.eigenvalues.size == 12
+    assert kept.eigenvalues.size == 4
+    assert np.abs(np.sort_complex(kept.eigenvalues) - np.sort_complex(TRUE)).max() < 0.01
+    assert kept.dropped["spread"].min() > 0.01
+    assert kept.dropped["eigenvalues"].size == 8
+
+
+def test_keep_takes_at_most_the_stable_modes():
+    data = seed_data(0.01, inits=6)
+    _, kept, _ = fit(data, delays=5, rank=12, spread_resamples=40, max_spread=0.01, keep=6)
+    assert kept.eigenvalues.size == 4
+
+
+def test_max_spread_needs_resamples():
+    with pytest.raises(ConfigError, match="max_spread.*spread_resamples"):
+        check_koopman({"max_spread": 0.01}, {"x": (4,)}, list(range(50)), 4, label=str)
