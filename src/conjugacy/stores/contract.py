@@ -25,12 +25,14 @@ import warnings
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import xarray as xr
 import zarr
 from zarr.codecs import Crc32cCodec
+
+if TYPE_CHECKING:  # xarray (and pandas) load when a store is opened: training never does
+    import xarray as xr
 
 STEP_BLOCK = 64  # steps per chunk; a chunk also holds every init of the tensor rows in it
 CHUNK_VALUES = 1 << 21  # target values per chunk (16 MiB of float64)
@@ -239,6 +241,8 @@ def open_store(path: str | Path, kind: str) -> xr.Dataset:
     if not (path / "zarr.json").is_file() and not (path / ".zgroup").is_file():
         raise StoreError(f"{path} is not a Zarr store (no zarr.json): expected a {kind} store")
     try:
+        import xarray as xr
+
         ds = xr.open_zarr(path, consolidated=False, chunks=None)
     except Exception as exc:  # zarr/xarray raise many types for a damaged store
         node = _damaged_metadata(path)

@@ -134,3 +134,18 @@ def test_stages_that_do_not_train_never_import_torch():
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
+
+
+def test_a_training_job_never_imports_xarray(tmp_path):
+    """Training writes its stores with zarr alone: xarray and pandas are 0.3 s a job."""
+    spec = training_json(resolved(**OMD))
+    code = (
+        "import sys; from conjugacy.cli import main; "
+        f"code = main(['train', '--spec', {spec!r}, '--condition', 'c', '--seed', '0', "
+        f"'-o', {str(tmp_path / 's.zarr')!r}]); "
+        "assert code == 0, code; "
+        "assert not {'xarray', 'pandas'} & set(sys.modules), 'xarray imported'"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "s.zarr" / "zarr.json").is_file()
