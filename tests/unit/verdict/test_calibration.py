@@ -215,3 +215,17 @@ def test_saved_spectra_give_the_same_verdicts(tmp_path):
     pd.testing.assert_frame_equal(again, pd.concat([rows, more, null, moved], ignore_index=True))
     with pytest.raises(SystemExit, match="--seeds 5: .* holds 4 seeds per condition"):
         cal.recompare(tmp_path, [3, 5], OPTIONS)
+
+
+def test_methods_are_measured_on_the_same_seeds():
+    """plain, stable and sgot each give a verdict row on one experiment's simulated seeds; on a
+    shared-map pair far apart (decay 0.95 -> 0.96) every method calls it not conjugate, and
+    plain W of the stable modes equals plain W when no mode is unstable."""
+    fam = cal.shared_families([0.01])[0]
+    rng = np.random.default_rng([cal.SEED, 1])
+    rows, spectra = cal.experiment(fam, rng, [5], OPTIONS, ("plain", "stable", "sgot"))
+    assert [r["method"] for r in rows] == ["plain", "stable", "sgot"]
+    assert all(r["verdict"] == "not conjugate" for r in rows)
+    assert rows[0]["ratio"] == pytest.approx(rows[1]["ratio"])
+    eigenvalues, modes = spectra["sgot"]["A"][0]
+    assert modes.shape == (4, eigenvalues.size)
