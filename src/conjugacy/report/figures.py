@@ -15,7 +15,6 @@ import xarray as xr  # noqa: E402
 
 from conjugacy.report.style import apply_style, colours, panels, save  # noqa: E402
 from conjugacy.stores.contract import open_store, open_trajectory  # noqa: E402
-from conjugacy.verdict.compare import load_spectra  # noqa: E402
 
 FIGURES = ("spectra.png", "distances.png", "w_distributions.png", "loss.png")
 
@@ -355,6 +354,8 @@ def write_figures(
         plot_w_distributions(distances, verdicts, written[-1])
     pairs = pairs or []
     if spectra:
+        from conjugacy.verdict.compare import load_spectra  # scipy: not for the verdict figures
+
         labels, values, _ = load_spectra(spectra)
         conditions = list(dict.fromkeys(c for c, _ in labels))
         written.append(outdir / "spectra.png")
