@@ -40,6 +40,17 @@ Families (each seed: new initial conditions, new observation map, new noise):
   the nonlinear families' settings, with keep 4 and with keep 6 (more modes
   than the system has).
 
+- shared (`--shared-experiments` each, default 0): the linear system through one fixed
+  orthogonal map for every seed and both conditions (observables in one space, as
+  sgot needs): `shared-decay` at each of `--deltas` (conjugate at delta 0) and
+  `shared-rotation` (0.3 -> 0.31).
+
+`--methods` measures, on the same simulated seeds: `plain` (W of every mode),
+`stable` (W of the modes whose spread over `--spread-resamples` init resamples
+is at most `--max-spread`) and `sgot` (the spectral-Grassmann distance,
+`--sgot-eta`); rows carry the method, and `--families` picks families by name
+in every group.
+
 Linear families: 4 inits x 50 steps, x0 ~ N(0, I), no delays, full rank.
 Toys: 9 inits (a 3 x 3 grid in [0.1, 0.9]^2, jitter 0.5), 60 steps, lr 0.01.
 Observation noise: N(0, (0.01 RMS)^2) per value, RMS that of the seed's clean
