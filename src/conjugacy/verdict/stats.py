@@ -60,10 +60,21 @@ class Verdict:
     ratio_level: float = float("nan")  # its coverage, 1 - 2 alpha
 
 
-def _split_stat(d: np.ndarray, iu: tuple[np.ndarray, np.ndarray], in_a: np.ndarray) -> float:
-    """mean W between the two groups minus mean W within them; d = W[iu], iu the pairs i < j."""
-    same = in_a[iu[0]] == in_a[iu[1]]
-    return float(d[~same].mean() - d[same].mean())
+SPLIT_BLOCK = 1 << 22  # pair memberships evaluated at a time (bytes of bools)
+
+
+def _split_stats(d: np.ndarray, iu: tuple[np.ndarray, np.ndarray], in_a: np.ndarray) -> np.ndarray:
+    """Mean W between the groups minus mean W within, for each row of `in_a` (splits x seeds).
+
+    d = W[iu], iu the pairs i < j. All splits of a block at once: the test's
+    9999 splits cost one pass of array operations instead of 9999 Python calls.
+    """
+    same = in_a[:, iu[0]] == in_a[:, iu[1]]
+    n_same = same.sum(axis=1)
+    sum_same = same.astype(np.float64) @ d
+    within = sum_same / n_same
+    between = (d.sum() - sum_same) / (d.size - n_same)
+    return between - within
 
 
 def _splits(n_a: int, n: int, permutations: int, rng: np.random.Generator):
@@ -93,10 +104,13 @@ def permutation_p(
     iu = np.triu_indices(n, k=1)
     d = w[iu]
     observed = np.arange(n) < n_a
-    t_obs = _split_stat(d, iu, observed)
+    t_obs = float(_split_stats(d, iu, observed[None, :])[0])
     exact = math.comb(n, n_a) <= permutations
     rng = np.random.default_rng(seed)
-    stats = np.array([_split_stat(d, iu, m) for m in _splits(n_a, n, permutations, rng)])
+    splits = _splits(n_a, n, permutations, rng)
+    block = max(1, SPLIT_BLOCK // max(d.size, 1))
+    chunks = iter(lambda: list(itertools.islice(splits, block)), [])
+    stats = np.concatenate([_split_stats(d, iu, np.array(chunk)) for chunk in chunks])
     hits = int(np.count_nonzero(stats >= t_obs - 1e-12 * max(abs(t_obs), 1e-300)))
     if exact:
         # Swapping the groups gives the same split when the sizes are equal.

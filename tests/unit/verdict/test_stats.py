@@ -423,3 +423,22 @@ def test_correction_is_a_checked_config_key():
     assert config.resolve(base)["compare"]["correction"] == "holm"
     with pytest.raises(config.ConfigError, match="compare.correction"):
         config.resolve({**base, "compare": {"correction": "sidak"}})
+
+
+@pytest.mark.parametrize("block", [1 << 22, 1000])  # one block; many blocks of a few splits
+def test_random_splits_match_a_split_by_split_reference(monkeypatch, block):
+    """The splits are evaluated a block at a time: the same p as one split after another."""
+    from conjugacy.verdict import stats
+
+    monkeypatch.setattr(stats, "SPLIT_BLOCK", block)
+    w = np.round(random_distances(np.random.default_rng(3), 30), 2)  # ties included
+    n_a, permutations, seed = 14, 999, 7
+    t_obs = brute_stat(w, set(range(n_a)))
+    rng = np.random.default_rng(seed)
+    hits = 0
+    for _ in range(permutations):
+        members = set(rng.choice(30, n_a, replace=False).tolist())
+        hits += brute_stat(w, members) >= t_obs - 1e-12 * abs(t_obs)
+    p, p_min = permutation_p(w, n_a, permutations, seed)
+    assert 0.01 < p < 1  # a non-trivial case
+    assert p == (1 + hits) / (1 + permutations) and p_min == 1 / (1 + permutations)
