@@ -67,6 +67,7 @@ def spectrum(
     keep: int | None = DEFAULTS["keep"],
     spread_resamples: int | None = None,
     max_spread: float | None = None,
+    max_residual: float | None = None,
 ) -> np.ndarray:
     """Koopman eigenvalues (complex, by decreasing modulus order of the DMD) of one seed's runs.
 
@@ -76,6 +77,8 @@ def spectrum(
     section of the schema); the numbers equal those of `conjugacy koopman`.
     `spread_resamples` and `max_spread` drop the modes whose eigenvalue moves
     by more than `max_spread` when the inits are resampled (before `keep`).
+    `max_residual` drops the modes whose residual ||C'_i - mu_i C_i|| / ||C_i||
+    (how far from an eigenfunction on the snapshot pairs) exceeds it (before `keep`).
     """
     from conjugacy.config import check_koopman
 
@@ -90,6 +93,7 @@ def spectrum(
         keep=keep,
         spread_resamples=spread_resamples,
         max_spread=max_spread,
+        max_residual=max_residual,
     )
     ds = stores[0]
     names = opts.observables or tensor_variables(ds)

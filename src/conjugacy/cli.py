@@ -185,7 +185,7 @@ def cmd_koopman(args: argparse.Namespace) -> None:
     share_one_arena()  # read-ahead threads reuse the same freed blocks
 
     names = ("delays", "rank", "window", "pca", "variant", "device", "modes", "keep")
-    keys = {k: k for k in (*names, "spread_resamples", "max_spread")}
+    keys = {k: k for k in (*names, "spread_resamples", "max_spread", "max_residual")}
     given = {**args.settings, **_given(args, {**keys, "observables": "observable"})}
     settings = config_settings("koopman", given, option_label)
     opts = KoopmanOptions.from_settings(settings, readahead=args.readahead)
@@ -586,6 +586,11 @@ def _add_koopman(sub) -> None:
         "--max-spread",
         type=float,
         help="drop modes whose spread exceeds this (needs --spread-resamples; before --keep)",
+    )
+    k.add_argument(
+        "--max-residual",
+        type=float,
+        help="drop modes whose residual ||C'_i - mu_i C_i|| / ||C_i|| exceeds this (before --keep)",
     )
     k.add_argument(
         "--variant",

@@ -33,7 +33,8 @@ KOOPMAN_KEYS = (
     "device",
     "modes",
     "keep",
-)  # every key a resolved section has (the opt-in spread_resamples, max_spread: when given)
+)  # every key a resolved section has (the opt-in spread_resamples, max_spread and
+# max_residual: only when given)
 
 
 def _section_condition(cfg: dict[str, Any], section: str, i: int, name: str) -> dict[str, Any]:
@@ -465,6 +466,16 @@ def check_koopman(
         raise ConfigError(
             f"{label('max_spread')}: {kcfg['max_spread']} needs the spread of each "
             "eigenvalue; expected spread_resamples as well (e.g. 100)"
+        )
+    max_residual = kcfg.get("max_residual")
+    if max_residual is not None and (
+        isinstance(max_residual, bool)
+        or not isinstance(max_residual, (int, float))
+        or not max_residual > 0
+    ):
+        raise ConfigError(
+            f"{label('max_residual')}: {max_residual!r}; expected a number > 0 (a residual "
+            "||C'_i - mu_i C_i|| / ||C_i||, e.g. 0.05)"
         )
 
 

@@ -82,7 +82,7 @@ class DMDResult:
     # (rank,) median distance of each eigenvalue to its match in fits to inits resampled
     # with replacement (spectrum.init_spread); None unless asked for
     spread: np.ndarray | None = None
-    # eigenvalues, energy, residual (and spread) that `dominant` or `stable` left
+    # eigenvalues, energy, residual (and spread) that `dominant` or `within` left
     dropped: dict[str, np.ndarray] | None = None
 
     def dominant(self, keep: int) -> DMDResult:
@@ -101,18 +101,20 @@ class DMDResult:
         order = np.argsort(-np.round(self.energy, 12), kind="stable")
         return self._split(np.sort(order[:keep]), np.sort(order[keep:]))
 
-    def stable(self, max_spread: float) -> DMDResult:
-        """The modes whose resampling spread is at most `max_spread`, the rest in `dropped`.
+    def within(self, score: np.ndarray, limit: float) -> DMDResult:
+        """The modes whose `score` (one per mode) is at most `limit`, the rest in `dropped`.
 
-        An eigenvalue fitted to noise moves when the inits are resampled; one
-        of the dynamics stays put. At least the steadiest mode is kept.
+        The score is a mode's spread over init resamples (max_spread: an
+        eigenvalue fitted to noise moves when the inits are resampled, one of
+        the dynamics stays put) or its residual (max_residual: a noise mode is
+        far from an eigenfunction on the snapshot pairs). At least the mode of
+        smallest score is kept.
         """
-        if self.spread is None:
-            raise ValueError("no spread to select on: fit with init resamples first")
-        kept = np.flatnonzero(self.spread <= max_spread)
+        score = np.asarray(score)
+        kept = np.flatnonzero(score <= limit)
         if kept.size == 0:
-            kept = np.array([int(np.argmin(self.spread))])
-        return self._split(kept, np.setdiff1d(np.arange(self.spread.size), kept))
+            kept = np.array([int(np.argmin(score))])
+        return self._split(kept, np.setdiff1d(np.arange(score.size), kept))
 
     def _split(self, kept: np.ndarray, left: np.ndarray) -> DMDResult:
         """Modes `kept` stay, modes `left` are appended to `dropped` (both index arrays)."""

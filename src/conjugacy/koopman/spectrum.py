@@ -78,6 +78,7 @@ class KoopmanOptions:
     # Opt-in (no schema default, so configs without them resolve as before):
     spread_resamples: int | None = None  # init resamples for each eigenvalue's spread
     max_spread: float | None = None  # drop modes whose spread exceeds it (before keep)
+    max_residual: float | None = None  # drop modes whose residual exceeds it (before keep)
     readahead: int = DEPTH  # a run-time resource, not a setting: results do not depend on it
 
     @classmethod
@@ -97,6 +98,7 @@ class KoopmanOptions:
             keep=settings.get("keep"),
             spread_resamples=settings.get("spread_resamples"),
             max_spread=settings.get("max_spread"),
+            max_residual=settings.get("max_residual"),
             readahead=readahead,
         )
 
@@ -479,10 +481,16 @@ def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[st
         spread = init_spread(obs, opts, result, route, be)
         result = replace(result, spread=spread)
         if opts.max_spread is not None:
-            result = result.stable(opts.max_spread)
-    if opts.keep is not None:  # after max_spread, keep takes at most the stable modes
-        stable = opts.max_spread is not None and opts.spread_resamples
-        result = result.dominant(min(opts.keep, result.eigenvalues.size) if stable else opts.keep)
+            result = result.within(result.spread, opts.max_spread)
+    if opts.max_residual is not None:
+        if result.residual is None or np.isnan(result.residual).any():
+            raise DMDError("max_residual: this fit has no residual for its modes")
+        result = result.within(result.residual, opts.max_residual)
+    if opts.keep is not None:  # after max_spread / max_residual, keep takes what is left
+        chose = (opts.max_spread is not None and opts.spread_resamples) or (
+            opts.max_residual is not None
+        )
+        result = result.dominant(min(opts.keep, result.eigenvalues.size) if chose else opts.keep)
     facts = {
         "route": route,
         "lifted_dim": lifted_dim,
@@ -776,6 +784,8 @@ def write_spectrum(
     }
     if opts.spread_resamples:  # opt-in: stores written without it keep their attributes
         settings |= {"spread_resamples": opts.spread_resamples, "max_spread": opts.max_spread}
+    if opts.max_residual is not None:  # opt-in, likewise
+        settings |= {"max_residual": opts.max_residual}
     source = {k: ds.attrs[k] for k in ("experiment", "condition", "seed") if k in ds.attrs}
     source |= label or {}
     stored = str(paths[0]) if len(paths) == 1 else [str(p) for p in paths]

@@ -87,3 +87,28 @@ def test_koopman_cli_matches_a_dense_dmd_of_the_store(
     )
     stored_s = ds["singular_values"].values
     np.testing.assert_allclose(stored_s[:rank], s[:rank], rtol=0, atol=1e-10 * s[0])
+
+
+def test_koopman_cli_max_residual(tmp_path, omd_store):
+    """--max-residual drops the modes above it (before keep) and is stored as an attribute;
+    unset, the store has neither the attribute nor a dropped_* variable."""
+    plain, cut = tmp_path / "plain.zarr", tmp_path / "cut.zarr"
+    assert main(["koopman", str(omd_store), "-o", str(plain), "--delays", "4"]) == 0
+    full = xr.open_zarr(plain, consolidated=False)
+    assert "max_residual" not in full.attrs and "dropped_eigenvalues" not in full
+    residual = np.sort(full["residual"].values)
+    limit = float(residual[residual.size // 2])  # about half the modes stay
+    argv = ["koopman", str(omd_store), "-o", str(cut), "--delays", "4"]
+    assert main([*argv, "--max-residual", repr(limit)]) == 0
+    ds = xr.open_zarr(cut, consolidated=False)
+    assert ds.attrs["max_residual"] == limit
+    assert np.all(ds["residual"].values <= limit)
+    assert np.all(ds["dropped_residual"].values > limit)
+    assert ds.sizes["mode"] + ds.sizes["dropped"] == full.sizes["mode"]
+
+
+def test_koopman_cli_refuses_a_max_residual_not_above_zero(tmp_path, omd_store, capsys):
+    out = tmp_path / "spec.zarr"
+    assert main(["koopman", str(omd_store), "-o", str(out), "--max-residual", "0"]) != 0
+    assert "--max-residual" in capsys.readouterr().err
+    assert not out.exists()
