@@ -47,7 +47,8 @@ Families (each seed: new initial conditions, new observation map, new noise):
 
 `--methods` measures, on the same simulated seeds: `plain` (W of every mode),
 `stable` (W of the modes whose spread over `--spread-resamples` init resamples
-is at most `--max-spread`) and `sgot` (the spectral-Grassmann distance,
+is at most `--max-spread`), `residual` (W of the modes whose residual is at
+most `--max-residual`) and `sgot` (the spectral-Grassmann distance,
 `--sgot-eta`); rows carry the method, and `--families` picks families by name
 in every group.
 
@@ -275,18 +276,21 @@ def diagnostics(delta: float) -> list[Family]:
     return out
 
 
-METHODS = ("plain", "stable", "sgot")  # W of all modes, W of the stable modes, sgot
-QUALITY = {"spread_resamples": 30, "max_spread": 0.01, "sgot_eta": 0.5}  # --spread-resamples ...
+METHODS = ("plain", "stable", "residual", "sgot")  # W of all / stable / low-residual modes, sgot
+QUALITY = {"spread_resamples": 30, "max_spread": 0.01, "max_residual": 0.1, "sgot_eta": 0.5}
 
 
 def fit(data: np.ndarray, koopman: dict[str, Any], method: str, quality: dict[str, Any]) -> Any:
     """One seed's spectrum by `method`: its eigenvalues (plain), those whose spread over init
-    resamples is at most max_spread (stable), or (eigenvalues, modes) for sgot."""
+    resamples is at most max_spread (stable), those whose residual is at most max_residual
+    (residual), or (eigenvalues, modes) for sgot."""
     if method == "plain":
         return conjugacy.spectrum(data, **koopman)
     if method == "stable":
         keys = ("spread_resamples", "max_spread")
         return conjugacy.spectrum(data, **koopman, **{k: quality[k] for k in keys})
+    if method == "residual":
+        return conjugacy.spectrum(data, **koopman, max_residual=quality["max_residual"])
     from conjugacy.api import _as_dataset
     from conjugacy.koopman.observables import Observable
     from conjugacy.koopman.spectrum import KoopmanOptions, decompose, value_modes
@@ -631,10 +635,12 @@ def main(argv: list[str] | None = None) -> None:
         choices=METHODS,
         default=["plain"],
         help="plain W; stable: W of the modes whose spread over init resamples is at most "
-        "--max-spread; sgot: the spectral-Grassmann distance (each on the same seeds)",
+        "--max-spread; residual: W of the modes whose residual is at most --max-residual; "
+        "sgot: the spectral-Grassmann distance (each on the same seeds)",
     )
     parser.add_argument("--spread-resamples", type=int, default=QUALITY["spread_resamples"])
     parser.add_argument("--max-spread", type=float, default=QUALITY["max_spread"])
+    parser.add_argument("--max-residual", type=float, default=QUALITY["max_residual"])
     parser.add_argument("--sgot-eta", type=float, default=QUALITY["sgot_eta"])
     parser.add_argument(
         "--shared-experiments",
@@ -671,7 +677,7 @@ def main(argv: list[str] | None = None) -> None:
         todo = [(f, n) for f, n in todo if f.name in args.families]
     methods = tuple(args.methods)
     quality = {"spread_resamples": args.spread_resamples, "max_spread": args.max_spread,
-               "sgot_eta": args.sgot_eta}  # fmt: skip
+               "max_residual": args.max_residual, "sgot_eta": args.sgot_eta}  # fmt: skip
     frames, walls, kept = [], {}, []
     begin = time.perf_counter()
 
