@@ -134,8 +134,12 @@ def gram_route(
     X^T Y is never formed: Y^T X V_r is summed block by block from the
     lifted Gram's views.
     """
-    h = lift_gram_inplace(accumulate_gram(obs, be), obs.inits, obs.n_steps, delays)
-    return gram_dmds(h, [rank], dim, variant)[0]  # h: an (n, m, n, m) view
+    return gram_dmds(lifted_gram(obs, delays, be), [rank], dim, variant)[0]
+
+
+def lifted_gram(obs: Observable, delays: int, be: Backend | None = None) -> np.ndarray:
+    """The lifted Gram (inits, m, inits, m), a view, from one pass over the store."""
+    return lift_gram_inplace(accumulate_gram(obs, be), obs.inits, obs.n_steps, delays)
 
 
 def gram_dmds(
@@ -381,6 +385,15 @@ def pca_scores(gram: np.ndarray, k: int) -> np.ndarray:
     return vec * np.sqrt(lam)[None, :]
 
 
+def pca_dmd(
+    scores: np.ndarray, delays: int, rank: int | float | str, size: int, variant: str
+) -> DMDResult:
+    """DMD of the delay-lifted PCA scores (inits, steps, components), in memory."""
+    lifted = lift(scores, delays)
+    x, y = pairs_of(lifted)
+    return dmd_dense(x.T, y.T, lifted[:, 0].T, rank, size, variant, x.T.shape)
+
+
 def machine_memory() -> int:
     """Bytes of memory this machine has: the default bound of a decomposition."""
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -450,19 +463,18 @@ def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[st
     size = max(lifted_dim, n_pairs)
     be = backend(opts.device)
     variant = opts.variant
+    fitted = None  # the lifted Gram or PCA scores of the fit: the spread's resamples reuse them
     if opts.pca is not None:
         route = "pca"
-        scores = pca_scores(accumulate_gram(obs, be), opts.pca).reshape(n, t, opts.pca)
-        lifted = lift(scores, delays)
-        x, y = pairs_of(lifted)
-        shape = (lifted_dim, n_pairs)
-        result = dmd_dense(x.T, y.T, lifted[:, 0].T, opts.rank, size, variant, shape)
+        fitted = pca_scores(accumulate_gram(obs, be), opts.pca).reshape(n, t, opts.pca)
+        result = pca_dmd(fitted, delays, opts.rank, size, variant)
         result.y_basis = result.pair_coefs = None  # modes of PCA scores: not written
     else:
         tall = lifted_dim > n_pairs
         route = "gram" if tall else "covariance"
         if tall:
-            result = gram_route(obs, delays, opts.rank, lifted_dim, variant, be)
+            fitted = lifted_gram(obs, delays, be)
+            result = gram_dmds(fitted, [opts.rank], lifted_dim, variant)[0]
         else:
             result = covariance_route(obs, delays, opts.rank, n_pairs, variant, be)
         wanted = _wanted(opts.rank, result)
@@ -476,12 +488,14 @@ def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[st
             )
             route = "qr-tall" if tall else "qr-wide"
             qr = qr_tall_route if tall else qr_wide_route
+            fitted = None  # freed before the QR route's pass
             result = qr(obs, delays, opts.rank, size, variant)
     if opts.spread_resamples:
-        spread = init_spread(obs, opts, result, route, be)
+        spread = init_spread(obs, opts, result, route, be, fitted)
         result = replace(result, spread=spread)
         if opts.max_spread is not None:
             result = result.within(result.spread, opts.max_spread)
+    del fitted
     if opts.max_residual is not None:
         if result.residual is None or np.isnan(result.residual).any():
             raise DMDError("max_residual: this fit has no residual for its modes")
@@ -523,36 +537,50 @@ def init_resamples(inits: int, count: int, seed: int = SPREAD_SEED) -> np.ndarra
 
 
 def init_spread(
-    obs: Observable, opts: KoopmanOptions, result: DMDResult, route: str, be: Backend
+    obs: Observable,
+    opts: KoopmanOptions,
+    result: DMDResult,
+    route: str,
+    be: Backend,
+    fitted: np.ndarray | None = None,
 ) -> np.ndarray:
     """Each eigenvalue's spread over fits to the inits resampled with replacement.
 
     The seed's inits are its replicates: a DMD refitted to a resample of them
     at the same rank moves an eigenvalue of the dynamics little and one
-    fitted to noise much. One more pass over the store keeps what a resample
-    needs on the route the fit took: the lifted Gram (Gram: a resample picks
-    rows and columns), the lag sums of each init (covariance: a resample sums
-    them with its counts), R of each init's pair rows (QR-wide: R of the
-    stacked R's), R of the snapshots (QR-tall: a resample picks columns), or
-    the PCA scores. Spread: the median over resamples of the distance from
+    fitted to noise much. The Gram and PCA routes reuse the fit's lifted Gram
+    or scores (`fitted`: a resample picks rows and columns); the others take
+    one more pass over the store for what a resample needs: the lag sums of
+    each init (covariance: a resample sums them with its counts), R of each
+    init's pair rows (QR-wide: R of the stacked R's) or R of the snapshots
+    (QR-tall: a resample picks columns). Spread: the median over resamples of the distance from
     each eigenvalue to its match (matched_spread).
     """
     draws = init_resamples(obs.inits, opts.spread_resamples)
-    fits = resample_fits(obs, opts, result.rank, route, be)
+    fits = resample_fits(obs, opts, result.rank, route, be, fitted)
     resampled = [fits(idx) for idx in draws]
     return matched_spread(result.eigenvalues, resampled, SPREAD_QUANTILE)
 
 
 def resample_fits(
-    obs: Observable, opts: KoopmanOptions, rank: int, route: str, be: Backend
+    obs: Observable,
+    opts: KoopmanOptions,
+    rank: int,
+    route: str,
+    be: Backend,
+    fitted: np.ndarray | None = None,
 ) -> Callable[[np.ndarray], np.ndarray]:
-    """A function from resampled init indices to the eigenvalues of that resample's DMD."""
+    """A function from resampled init indices to the eigenvalues of that resample's DMD.
+
+    `fitted`: the lifted Gram (Gram route) or PCA scores the fit computed, else
+    they are computed again from the store.
+    """
     n, t, delays, variant = obs.inits, obs.n_steps, opts.delays, opts.variant
     values = opts.pca if opts.pca is not None else obs.dim
     lifted_dim, n_pairs = values * (delays + 1), n * (t - delays - 1)
     size = max(lifted_dim, n_pairs)
     if route == "gram":
-        h = lift_gram_inplace(accumulate_gram(obs, be), n, t, delays)
+        h = fitted if fitted is not None else lifted_gram(obs, delays, be)
 
         def gram_fit(idx: np.ndarray) -> np.ndarray:
             return gram_dmds(h[idx][:, :, idx], [rank], lifted_dim, variant)[0].eigenvalues
@@ -586,15 +614,9 @@ def resample_fits(
         r = qr_tall_factor(obs, delays)
         m = t - delays
         return lambda idx: qr_tall_dmd(r, idx, m, lifted_dim, rank, size, variant).eigenvalues
-    scores = pca_scores(accumulate_gram(obs, be), opts.pca).reshape(n, t, opts.pca)
-
-    def pca_fit(idx: np.ndarray) -> np.ndarray:
-        lifted = lift(scores[idx], delays)
-        x, y = pairs_of(lifted)
-        shape = (lifted_dim, n_pairs)
-        return dmd_dense(x.T, y.T, lifted[:, 0].T, rank, size, variant, shape).eigenvalues
-
-    return pca_fit
+    if fitted is None:
+        fitted = pca_scores(accumulate_gram(obs, be), opts.pca).reshape(n, t, opts.pca)
+    return lambda idx: pca_dmd(fitted[idx], delays, rank, size, variant).eigenvalues
 
 
 def write_modes(group: zarr.Group, obs: Observable, result: DMDResult, delays: int) -> None:

@@ -198,3 +198,16 @@ def test_max_residual_must_be_a_positive_number(bad):
 
 def test_max_residual_positive_passes_the_check():
     check_koopman({"max_residual": 0.05}, {"x": (4,)}, list(range(50)), 4, label=str)
+
+
+@pytest.mark.parametrize(("options", "route"), [r for r in ROUTES if r[1] in ("gram", "pca")])
+def test_the_gram_and_pca_spread_reuse_the_fit_without_a_second_pass(monkeypatch, options, route):
+    """The resamples pick rows and columns of what the fit computed: one pass over the store."""
+    from conjugacy.koopman import spectrum
+
+    calls = []
+    original = spectrum.accumulate_gram
+    monkeypatch.setattr(spectrum, "accumulate_gram", lambda *a: calls.append(1) or original(*a))
+    _, result, facts = fit(seed_data(0.01), **options, spread_resamples=5)
+    assert facts["route"] == route and result.spread is not None
+    assert len(calls) == 1
