@@ -272,16 +272,15 @@ def stores_modes_gram(stores: list[xr.Dataset]) -> np.ndarray:
 
 
 def distance_matrix(
-    paths: list[str | Path],
     labels: list[tuple[str, int]],
     values: list[np.ndarray],
-    distance: str = "w1",
+    stores: list[xr.Dataset] | None = None,
     sgot_eta: float = SGOT_ETA,
 ) -> np.ndarray:
-    """W1 between the eigenvalue sets, or (distance sgot) sgot between the eigenpairs."""
-    if distance != "sgot":
+    """W1 between the eigenvalue sets, or sgot between the eigenpairs of `stores` (their
+    spectrum stores, as spectrum_modes checked them)."""
+    if stores is None:
         return pairwise(values)
-    stores = spectrum_modes(paths, labels)
     try:
         return sgot_pairwise(values, stores_modes_gram(stores), sgot_eta)
     except DependentModes as exc:
@@ -310,8 +309,9 @@ def write_verdicts(
     how = {k: opts.pop(k) for k in DISTANCE_KEYS if k in opts}
     claim_output(Path(outdir) / "distances.zarr", "distances", inputs=spectra)
     labels, values, excluded = load_spectra(spectra, labels_given)
-    if how.get("distance") == "sgot" and labels:  # modes checked before any W is computed
-        spectrum_modes(spectra, labels)
+    stores = None  # sgot: the stores with modes, checked before any W is computed
+    if how.get("distance") == "sgot" and labels:
+        stores = spectrum_modes(spectra, labels)
     if pairs is not None:  # every condition of a pair has spectra, before W is computed
         present = [c for c, _ in [*labels, *excluded]]
         check_verdict_options(
@@ -325,7 +325,7 @@ def write_verdicts(
                 "nothing to compare: the spectra hold one condition (%s); a verdict needs two",
                 ", ".join(conds) or "none",
             )
-    w = distance_matrix(spectra, labels, values, **how)
+    w = distance_matrix(labels, values, stores, how.get("sgot_eta", SGOT_ETA))
     table = verdict_table(labels, w, pairs, excluded=excluded, **opts)
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
