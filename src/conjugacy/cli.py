@@ -179,10 +179,11 @@ def _outputs(args: argparse.Namespace, what: str) -> list[tuple[list[Path], Path
 
 
 def cmd_koopman(args: argparse.Namespace) -> None:
-    from conjugacy.koopman.memory import share_one_arena
     from conjugacy.koopman.spectrum import KoopmanOptions, write_spectrum
+    from conjugacy.memory import keep_freed_memory, share_one_arena
 
     share_one_arena()  # read-ahead threads reuse the same freed blocks
+    keep_freed_memory()  # and the lifted covariances reuse freed memory
 
     names = ("delays", "rank", "window", "pca", "variant", "device", "modes", "keep")
     keys = {k: k for k in (*names, "spread_resamples", "max_spread", "max_residual")}
@@ -837,10 +838,11 @@ def _add_verify(sub) -> None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> None:
     from conjugacy.beyond.sensitivity import write_sensitivity
-    from conjugacy.koopman.memory import share_one_arena
     from conjugacy.koopman.spectrum import KoopmanOptions
+    from conjugacy.memory import keep_freed_memory, share_one_arena
 
     share_one_arena()  # read-ahead threads reuse the same freed blocks
+    keep_freed_memory()  # and the lifted covariances reuse freed memory
     given = {**args.settings, **_given(args, {"delays": "delays", "ranks": "ranks"})}
     grid = config_settings("sensitivity", given, option_label)
     for key in ("delays", "ranks"):

@@ -275,8 +275,8 @@ def krylov_eigh(
     limit = max_basis if max_basis is not None else n // 3
     if 2 * b > limit:
         return None
-    if not (m.flags.c_contiguous or m.flags.f_contiguous):
-        m = np.ascontiguousarray(m)
+    if m.itemsize not in m.strides:  # a view with unit stride along one axis (a block of
+        m = np.ascontiguousarray(m)  # the lag products) goes to BLAS as is, with its stride
     rng = np.random.default_rng(KRYLOV_SEED)
     cap = min(limit, 8 * b)  # grows by doubling: most solves need a few blocks
     q = np.empty((n, cap), order="F")

@@ -17,10 +17,7 @@ gradients as the full causal model, at a fraction of the cost.
 
 from __future__ import annotations
 
-import ctypes
-import functools
 import math
-import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -28,52 +25,9 @@ import numpy as np
 import torch
 
 from conjugacy.config.shapes import tensor_shapes
+from conjugacy.memory import keep_freed_memory
 from conjugacy.systems.fcn import restore_params, saved_params, snapshot_of, stack_inits
 from conjugacy.systems.modular import split
-
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-_KEEP_BELOW = 1 << 30
-
-
-@functools.cache
-def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (whose mallopt and malloc_trim are used), else None."""
-    try:
-        version = os.confstr("CS_GNU_LIBC_VERSION") or ""
-    except (ValueError, OSError):  # no such name outside glibc
-        return None
-    return ctypes.CDLL(None) if version.startswith("glibc") else None
-
-
-@functools.cache
-def _keep_freed_memory() -> bool:
-    libc = _glibc()
-    if libc is None:
-        return False
-    return bool(
-        libc.mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW)
-        and libc.mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW)
-    )
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc reuse freed memory for the activations instead of mapping fresh pages.
-
-    Every step allocates and frees activation and gradient tensors of up to
-    10 x 3830 x 512 floats (78 MB). Above glibc's mmap threshold (at most
-    32 MB by default) each is a fresh mmap that the kernel zero-fills page by
-    page: about a fifth of a 10-init step's CPU time (system time). With the
-    mmap and trim thresholds at 1 GiB (set once per process), freed memory
-    stays in the heap and is reused. Each call also hands what is free back to
-    the system (malloc_trim), so a block of seeds in one process peaks as one
-    seed does. The arithmetic is untouched (stores are the same bit for bit);
-    the peak memory of a training rises by about 0.1 GB. glibc only; returns
-    whether the thresholds are set.
-    """
-    kept = _keep_freed_memory()
-    if kept:
-        _glibc().malloc_trim(0)
-    return kept
 
 
 def init_std(name: str, cond: dict[str, Any]) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -112,3 +113,48 @@ def test_koopman_cli_refuses_a_max_residual_not_above_zero(tmp_path, omd_store, 
     assert main(["koopman", str(omd_store), "-o", str(out), "--max-residual", "0"]) != 0
     assert "--max-residual" in capsys.readouterr().err
     assert not out.exists()
+
+
+# The allocator settings of `conjugacy koopman` (conjugacy.memory) move no bit: run with
+# and without them on a store whose lifted covariance (2500 square, 50 MB) is above glibc's
+# default mmap threshold, the spectra must be equal array by array.
+UNTUNED = """
+import sys
+import conjugacy.memory as memory
+if sys.argv[1] == "off":
+    memory.keep_freed_memory = memory.share_one_arena = lambda: False
+from conjugacy.cli import main
+sys.exit(main(["koopman", sys.argv[2], "-o", sys.argv[3], "--delays", "9", "--rank", "6"]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_the_allocator_settings_change_no_bit_of_a_spectrum(tmp_path):
+    import subprocess
+
+    import zarr
+
+    rng = np.random.default_rng(4)
+    steps = np.arange(300)[None, :, None]
+    rates = rng.uniform(0.9, 0.999, size=(1, 1, 250))
+    data = rng.standard_normal((10, 1, 250)) * rates**steps + 1e-3 * rng.standard_normal(
+        (10, 300, 250)
+    )
+    store = tmp_path / "t.zarr"
+    xr.Dataset({"x": (("init", "step", "x_dim0"), data.astype(np.float32))}).to_zarr(
+        store, zarr_format=3, consolidated=False
+    )
+    for mode in ("off", "on"):
+        out = tmp_path / f"{mode}.zarr"
+        run = subprocess.run(
+            [sys.executable, "-c", UNTUNED, mode, str(store), str(out)],
+            capture_output=True,
+            text=True,
+        )
+        assert run.returncode == 0, run.stderr
+    off, on = (zarr.open_group(tmp_path / f"{m}.zarr", mode="r") for m in ("off", "on"))
+    names = sorted(name for name, _ in off.arrays())
+    assert on.attrs["route"] == "covariance" and on.attrs["lifted_dim"] == 2500
+    assert "eigenvalues" in names and names == sorted(name for name, _ in on.arrays())
+    for name in names:
+        assert off[name][...].tobytes() == on[name][...].tobytes(), name

@@ -126,7 +126,7 @@ def test_float32_blocks_are_accumulated_in_float64_piece_by_piece(monkeypatch):
 ARENAS = """
 import ctypes, ctypes.util, re, sys, threading
 if sys.argv[1] == "share":
-    from conjugacy.koopman.memory import share_one_arena
+    from conjugacy.memory import share_one_arena
     assert share_one_arena()
 libc = ctypes.CDLL(ctypes.util.find_library("c"))
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
