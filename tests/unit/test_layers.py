@@ -17,6 +17,7 @@ from conftest import REPO
 PACKAGE = REPO / "src" / "conjugacy"
 LAYERS = {
     "provenance": 0,  # standard library only: the Snakefile imports it
+    "memory": 0,  # standard library only: allocator settings a stage's process makes
     "config": 1,
     "stores": 2,
     "systems": 3,
