@@ -224,8 +224,11 @@ def stored_chunks(store: Path, name: str) -> int:
     Opening the group and listing each array's keys through zarr's event loop
     costs a few ms a store, paid again by every stage that opens it; counting
     the files under <name>/c is a directory walk. Other chunk keys (v2, ".")
-    are counted by zarr. A missing array is a FileNotFoundError.
+    are counted by zarr. A missing array, or a name that is not one folder
+    (a planted integrity attribute), is a FileNotFoundError.
     """
+    if name in ("", ".", "..") or "/" in name or os.sep in name:
+        raise FileNotFoundError(f"no array {name!r} in {store}")
     meta = json.loads((store / name / "zarr.json").read_text())
     if meta.get("chunk_key_encoding") != DEFAULT_KEYS:
         return int(zarr.open_array(store / name, mode="r").nchunks_initialized)

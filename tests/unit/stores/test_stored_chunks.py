@@ -44,7 +44,10 @@ def test_a_deleted_chunk_is_counted_out(tmp_path):
     assert stored_chunks(tmp_path / "s.zarr", "v") == 3 == arr.nchunks_initialized
 
 
-def test_a_missing_array_is_an_error(tmp_path):
-    zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+@pytest.mark.parametrize("name", ["v", "..", ".", "", "../s.zarr", "w/v"])
+def test_a_missing_array_or_a_path_for_a_name_is_an_error(tmp_path, name):
+    """Names come from a store's attributes: one that leads out of the store is never walked."""
+    group = zarr.open_group(tmp_path / "s.zarr", mode="w", zarr_format=3)
+    group.create_group("w").create_array("v", shape=(2,), chunks=(1,), dtype="f8")[...] = 1.0
     with pytest.raises(FileNotFoundError):
-        stored_chunks(tmp_path / "s.zarr", "v")
+        stored_chunks(tmp_path / "s.zarr", name)
