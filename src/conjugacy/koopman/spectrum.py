@@ -448,6 +448,14 @@ def _wanted(rank: int | float | str, result: DMDResult) -> int | str:
     return rank if rank == "full" or isinstance(rank, int) else result.rank
 
 
+def fit_sizes(obs: Observable, opts: KoopmanOptions) -> tuple[int, int, int]:
+    """(lifted dimension D, snapshot pairs M, max(D, M)) of a fit of `obs` with `opts`."""
+    values = opts.pca if opts.pca is not None else obs.dim
+    lifted_dim = values * (opts.delays + 1)
+    n_pairs = obs.inits * (obs.n_steps - opts.delays - 1)
+    return lifted_dim, n_pairs, max(lifted_dim, n_pairs)
+
+
 def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[str, Any]]:
     """Fit one pooled DMD to an observable; return it with facts about the fit.
 
@@ -457,10 +465,7 @@ def decompose(obs: Observable, opts: KoopmanOptions) -> tuple[DMDResult, dict[st
     condition number).
     """
     n, t, delays = obs.inits, obs.n_steps, opts.delays
-    values = opts.pca if opts.pca is not None else obs.dim
-    lifted_dim = values * (delays + 1)
-    n_pairs = n * (t - delays - 1)
-    size = max(lifted_dim, n_pairs)
+    lifted_dim, n_pairs, size = fit_sizes(obs, opts)
     be = backend(opts.device)
     variant = opts.variant
     fitted = None  # the lifted Gram or PCA scores of the fit: the spread's resamples reuse them
@@ -576,9 +581,7 @@ def resample_fits(
     they are computed again from the store.
     """
     n, t, delays, variant = obs.inits, obs.n_steps, opts.delays, opts.variant
-    values = opts.pca if opts.pca is not None else obs.dim
-    lifted_dim, n_pairs = values * (delays + 1), n * (t - delays - 1)
-    size = max(lifted_dim, n_pairs)
+    lifted_dim, n_pairs, size = fit_sizes(obs, opts)
     if route == "gram":
         h = fitted if fitted is not None else lifted_gram(obs, delays, be)
 

@@ -15,7 +15,13 @@ import xarray as xr
 from conjugacy.config import ConfigError, check_verdict_options
 from conjugacy.config.validation import defaults
 from conjugacy.stores.contract import StoreError, claim_output, open_spectrum, read, write_dataset
-from conjugacy.verdict.distance import SGOT_ETA, DependentModes, pairwise, sgot_pairwise
+from conjugacy.verdict.distance import (
+    SGOT_ETA,
+    DependentModes,
+    modes_gram,
+    pairwise,
+    sgot_pairwise,
+)
 from conjugacy.verdict.stats import corrected, verdict
 
 log = logging.getLogger(__name__)
@@ -266,8 +272,7 @@ def stores_modes_gram(stores: list[xr.Dataset]) -> np.ndarray:
     gram = np.zeros((total, total), dtype=np.complex128)
     for start in range(0, values, step):
         cols = slice(start, min(values, start + step))
-        block = np.vstack([read(ds, "modes", (slice(None), cols)) for ds in stores])
-        gram += block.conj() @ block.T
+        gram += modes_gram([read(ds, "modes", (slice(None), cols)).T for ds in stores])
     return gram
 
 

@@ -124,6 +124,7 @@ def sgot_pairwise(spectra: list[np.ndarray], gram: np.ndarray, eta: float = SGOT
 
 
 def modes_gram(modes: list[np.ndarray]) -> np.ndarray:
-    """R^H R of modes (values x r each) held in memory, stacked as columns."""
-    stacked = np.hstack([np.asarray(m, dtype=np.complex128) for m in modes])
-    return stacked.conj().T @ stacked
+    """R^H R of modes (values x r each) stacked as columns: all of them, or (the compare
+    stage, summing over blocks of values) the rows of one block."""
+    rows = np.vstack([np.asarray(m, dtype=np.complex128).T for m in modes])
+    return rows.conj() @ rows.T

@@ -28,6 +28,7 @@ from conjugacy.stores.contract import (
     read,
     write_dataset,
 )
+from conjugacy.verdict.compare import DISTANCE_KEYS
 from conjugacy.verdict.distance import pairwise
 from conjugacy.verdict.stats import corrected, verdict
 
@@ -185,7 +186,7 @@ def write_windows(paths: list[str | Path], outdir: str | Path, **options: Any) -
     correction, bootstrap, bootstrap_seed); the schema's defaults fill the rest.
     """
     check_verdict_options(options, lambda k: f"compare.{k}")
-    skip = ("pairs", "distance", "sgot_eta")  # the windows stage measures W1 (no modes)
+    skip = ("pairs", *DISTANCE_KEYS)  # the windows stage measures W1 (no modes)
     opts = {k: v for k, v in {**DEFAULTS, **options}.items() if k not in skip}
     claim_output(Path(outdir) / STORE, "windows", inputs=paths)
     spectra = load_windows(paths)
