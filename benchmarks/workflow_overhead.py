@@ -8,9 +8,11 @@ For an experiment config (default config/experiments/fcn_width_quick.yaml;
   copies), wall time, for each B of --seeds-per-job (1 is the old structure:
   one training and one Koopman job per seed);
 - floor: the same trainings and decompositions back to back inside one Python
-  process per core (2 processes with OMP_NUM_THREADS=1, each doing every other
-  (condition, seed): train, then its spectrum), wall time; each process also
-  times every training and spectrum it computes.
+  process per core (2 processes with OMP_NUM_THREADS=1, each taking every
+  other (condition, seed): per condition its seeds trained as one block, as
+  a training job trains its block, then their spectra), wall time; each
+  process also times every block and spectrum it computes (a seed's
+  training time is its share of its block).
 
 With --slurm the workflow goes through a running SLURM cluster instead
 (profiles/slurm and the test cluster's site profile tests/slurm/site; the
@@ -124,7 +126,8 @@ def run_workflow(config: Path, seeds_per_job: int, slurm: bool = False) -> dict:
 
 
 def floor_worker(config: str, part: int, parts: int, out: str) -> None:
-    """One process of the floor: every `parts`-th (condition, seed), train then spectrum."""
+    """One process of the floor: every `parts`-th (condition, seed); per condition, its seeds
+    trained as one block (as a training job trains its block), then their spectra."""
     t0 = time.perf_counter()
     import torch
 
@@ -133,27 +136,33 @@ def floor_worker(config: str, part: int, parts: int, out: str) -> None:
     from conjugacy.koopman.spectrum import KoopmanOptions, write_spectrum
     from conjugacy.memory import keep_freed_memory, share_one_arena
     from conjugacy.systems.data import cached_datasets
-    from conjugacy.training.train import train
+    from conjugacy.training.train import train_block
 
     torch.set_num_threads(1)
     share_one_arena()  # the allocator settings `conjugacy koopman` makes
     keep_freed_memory()
     cfg = load(config)
     runs = [(c, s) for c in cfg["conditions"] for s in sorted(cfg["conditions"][c]["seeds"])]
+    mine = runs[part::parts]
     times = {"imports": time.perf_counter() - t0, "train": {}, "koopman": {}}
     work = Path(out).parent / f"floor{part}"
     with cached_datasets():
-        for name, seed in runs[part::parts]:
-            cond = cfg["conditions"][name]
+        for name, cond in cfg["conditions"].items():
+            seeds = [seed for c, seed in mine if c == name]
+            if not seeds:
+                continue
             t = time.perf_counter()
-            store = train(cond, seed, work / f"{name}-{seed}.zarr", cfg["experiment"], name, False)
-            times["train"][f"{name}/{seed}"] = time.perf_counter() - t
-            t = time.perf_counter()
+            outs = [work / f"{name}-{seed}.zarr" for seed in seeds]
+            stores = train_block(cond, seeds, outs, cfg["experiment"], name, False)
+            share = (time.perf_counter() - t) / len(seeds)  # a seed's share of its block
+            times["train"].update({f"{name}/{seed}": share for seed in seeds})
             given = {k: v for k, v in cond["koopman"].items() if k != "windows"}
             opts = KoopmanOptions.from_settings(config_settings("koopman", given, option_label))
-            label = {"condition": name, "seed": seed}
-            write_spectrum(store, work / f"{name}-{seed}.spec.zarr", opts, True, label=label)
-            times["koopman"][f"{name}/{seed}"] = time.perf_counter() - t
+            for seed, store in zip(seeds, stores, strict=True):
+                t = time.perf_counter()
+                label = {"condition": name, "seed": seed}
+                write_spectrum(store, work / f"{name}-{seed}.spec.zarr", opts, True, label=label)
+                times["koopman"][f"{name}/{seed}"] = time.perf_counter() - t
     Path(out).write_text(json.dumps(times))
 
 

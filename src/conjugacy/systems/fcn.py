@@ -228,36 +228,103 @@ class FCN:
         self.optimizer.step()
         return losses.detach().double().cpu().numpy()
 
-    @torch.no_grad()
     def _sgd_step(self, x: torch.Tensor, y: torch.Tensor) -> np.ndarray:
-        """One SGD step with the two-layer net's gradients written out; the loss before it.
+        """One written-out SGD step of this seed (`sgd_steps`); the loss before it."""
+        params = {name: tensor[None] for name, tensor in self.params.items()}
+        return sgd_steps(params, x[None], y[None], self.cond["lr"])[0]
 
-        The backward pass of this net is three matrix products. At the
-        experiments' sizes, recording autograd's graph, walking it and running
-        torch.optim cost more than that arithmetic (benchmarks/training.py);
-        the result equals autograd's to float32 rounding (tests/test_train.py).
-        """
-        p, lr, rows = self.params, self.cond["lr"], torch.arange(len(y), device=self.device)
-        hidden = torch.matmul(x, p["fc1.weight"].transpose(1, 2))  # (N, B, H)
-        if "fc1.bias" in p:
-            hidden += p["fc1.bias"][:, None, :]
-        active = torch.relu(hidden)
-        logits = torch.matmul(active, p["fc2.weight"].transpose(1, 2))  # (N, B, O)
-        if "fc2.bias" in p:
-            logits += p["fc2.bias"][:, None, :]
-        # log-softmax by hand: torch's kernel is ~3x slower over 10 classes on CPU
-        shifted = logits - logits.amax(dim=-1, keepdim=True)
-        d_logits = shifted.exp()
-        total = d_logits.sum(dim=-1, keepdim=True)
-        losses = (total.log()[..., 0] - shifted[:, rows, y]).mean(dim=1)
-        d_logits /= total  # d(mean NLL)/d(logits) = (softmax - one-hot) / B
-        d_logits[:, rows, y] -= 1
-        d_logits /= len(y)
-        d_hidden = torch.matmul(d_logits, p["fc2.weight"]).mul_(hidden > 0)  # (N, B, H)
-        p["fc2.weight"].sub_(torch.matmul(d_logits.transpose(1, 2), active), alpha=lr)
-        p["fc1.weight"].sub_(torch.matmul(d_hidden.transpose(1, 2), x), alpha=lr)
-        if "fc2.bias" in p:
-            p["fc2.bias"].sub_(d_logits.sum(dim=1), alpha=lr)
-        if "fc1.bias" in p:
-            p["fc1.bias"].sub_(d_hidden.sum(dim=1), alpha=lr)
-        return losses.double().cpu().numpy()
+
+@torch.no_grad()
+def sgd_steps(
+    p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor, lr: float
+) -> np.ndarray:
+    """One SGD step of S seeds' stacked two-layer nets, in place; the losses (S, N) before it.
+
+    p holds (S, N, ...) tensors (seeds x inits), x is (S, B, in) and y (S, B):
+    each seed's own mini-batch. The backward pass of this net is three matrix
+    products. At the experiments' sizes, recording autograd's graph, walking
+    it and running torch.optim cost more than that arithmetic
+    (benchmarks/training.py); the result equals autograd's to float32
+    rounding (tests/test_train.py). Every product and reduction is batched
+    over (seed, init) with the same per-net kernel whatever S is, so a seed's
+    result is bitwise the same alone (S = 1) or stacked with others
+    (tests/unit/training/test_blocks.py).
+    """
+    seeds, rows = y.shape
+    inits = p["fc1.weight"].shape[1]
+    device = x.device
+    pick = (  # (seed, init, sample, its label): the logit of each sample's label
+        torch.arange(seeds, device=device)[:, None, None],
+        torch.arange(inits, device=device)[None, :, None],
+        torch.arange(rows, device=device),
+        y[:, None, :],
+    )
+    x = x[:, None]  # (S, 1, B, in): the same samples for every init of a seed
+    hidden = torch.matmul(x, p["fc1.weight"].transpose(2, 3))  # (S, N, B, H)
+    if "fc1.bias" in p:
+        hidden += p["fc1.bias"][:, :, None, :]
+    active = torch.relu(hidden)
+    logits = torch.matmul(active, p["fc2.weight"].transpose(2, 3))  # (S, N, B, O)
+    if "fc2.bias" in p:
+        logits += p["fc2.bias"][:, :, None, :]
+    # log-softmax by hand: torch's kernel is ~3x slower over 10 classes on CPU
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    d_logits = shifted.exp()
+    total = d_logits.sum(dim=-1, keepdim=True)
+    losses = (total.log()[..., 0] - shifted[pick]).mean(dim=2)
+    d_logits /= total  # d(mean NLL)/d(logits) = (softmax - one-hot) / B
+    d_logits[pick] -= 1
+    d_logits /= rows
+    d_hidden = torch.matmul(d_logits, p["fc2.weight"]).mul_(hidden > 0)  # (S, N, B, H)
+    p["fc2.weight"].sub_(torch.matmul(d_logits.transpose(2, 3), active), alpha=lr)
+    p["fc1.weight"].sub_(torch.matmul(d_hidden.transpose(2, 3), x), alpha=lr)
+    if "fc2.bias" in p:
+        p["fc2.bias"].sub_(d_logits.sum(dim=2), alpha=lr)
+    if "fc1.bias" in p:
+        p["fc1.bias"].sub_(d_hidden.sum(dim=2), alpha=lr)
+    return losses.double().cpu().numpy()
+
+
+def stackable(systems: list[Any]) -> bool:
+    """Whether these seeds can train as one computation: plain FCNs with written-out SGD."""
+    return len(systems) > 1 and all(
+        type(s) is FCN and s.closed_form and s.cond == systems[0].cond for s in systems
+    )
+
+
+class SeedStack:
+    """Seeds of one FCN condition trained as one computation (`sgd_steps` over seeds x inits).
+
+    The seeds' parameters are stacked into (S, N, ...) tensors and each
+    system's `params` become views of its slice, so every per-seed method
+    (snapshot, state, load_state, loss) still works on one seed; each seed
+    still draws its own mini-batches from its own generator. At fcn_width's
+    sizes one step of 5 stacked seeds costs about what 2-3 steps of one seed
+    cost (the step is bound by torch's per-operation overhead, not arithmetic).
+    """
+
+    def __init__(self, systems: list[FCN]) -> None:
+        self.systems = systems
+        self.lr = systems[0].cond["lr"]
+        self.params = {
+            name: torch.stack([s.params[name].detach() for s in systems])
+            for name in systems[0].params
+        }
+        for i, system in enumerate(systems):
+            system.params = {name: tensor[i] for name, tensor in self.params.items()}
+
+    def step(self) -> list[np.ndarray]:
+        """One SGD step of every seed; each seed's losses (N,) before it."""
+        batches = [system.next_batch() for system in self.systems]
+        x = torch.stack([b[0] for b in batches])
+        y = torch.stack([b[1] for b in batches])
+        return list(sgd_steps(self.params, x, y, self.lr))
+
+    def loss(self) -> list[np.ndarray]:
+        """Each seed's losses on its next mini-batch, without an update."""
+        return [system.loss() for system in self.systems]
+
+    def snapshot(self, names: Iterable[str]) -> list[dict[str, np.ndarray]]:
+        """Each seed's copies of the tensors `names`: one host copy of the stack, split."""
+        stacked = snapshot_of(self.params, names)
+        return [{n: v[i] for n, v in stacked.items()} for i in range(len(self.systems))]

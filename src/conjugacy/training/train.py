@@ -19,7 +19,6 @@ import bisect
 import logging
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,44 +105,80 @@ class Schedule:
         )
 
 
-def _run(
-    system,
-    recorder: Recorder,
-    schedule: Schedule,
-    save: Callable[[int], None],
-    label: str,
-    progress: bool,
-) -> None:
-    """The training loop: step, record, stop at divergence, `save(next update)` when scheduled."""
-    record = list(recorder.writer.tensors)
+class OneSeed:
+    """A system trained on its own, with the interface of a stack of seeds (`SeedStack`)."""
+
+    def __init__(self, system) -> None:
+        self.system = system
+
+    def step(self) -> list[np.ndarray]:
+        return [self.system.step()]
+
+    def loss(self) -> list[np.ndarray]:
+        return [self.system.loss()]
+
+    def snapshot(self, names: list[str]) -> list[dict[str, np.ndarray]]:
+        return [self.system.snapshot(names)]
+
+
+@dataclass(eq=False)
+class SeedRun:
+    """One seed's training being recorded: its system, recorder, checkpoint and output."""
+
+    seed: int
+    out: Path
+    work: Path
+    key: str  # what its checkpoints must match
+    system: Any
+    recorder: Recorder
+    schedule: Schedule
+    label: str
+
+    def save(self, next_step: int) -> None:
+        checkpoint.save(self.work, self.key, next_step, self.system.state())
+
+
+def _run(seeds, runs: list[SeedRun], progress: bool) -> None:
+    """The training loop of seeds stepped together (`seeds`: OneSeed or a SeedStack).
+
+    Step, record, seal a seed's store at its divergence (the other seeds go
+    on), checkpoint every seed still training when scheduled.
+    """
+    schedule = runs[0].schedule
+    record = list(runs[0].recorder.writer.tensors)
+    live = list(range(len(runs)))
     steps = range(schedule.start, schedule.total + 1)
     for t in tqdm(steps, disable=not progress, mininterval=2.0, desc="train"):
-        snap = system.snapshot(record) if t % schedule.every == 0 else None
-        loss = system.step() if t < schedule.total else system.loss()
-        if snap is not None:
-            recorder.record(snap, loss)
-        reason = first_bad(loss, snap)
-        if reason is not None:
-            log.warning("%s diverged at step %d: %s", label, t, reason)
-            recorder.close("diverged", diverged_step=t, diverged_reason=reason)
+        snaps = seeds.snapshot(record) if t % schedule.every == 0 else [None] * len(runs)
+        losses = seeds.step() if t < schedule.total else seeds.loss()
+        for i in list(live):
+            run, snap = runs[i], snaps[i]
+            if snap is not None:
+                run.recorder.record(snap, losses[i])
+            reason = first_bad(losses[i], snap)
+            if reason is not None:
+                log.warning("%s diverged at step %d: %s", run.label, t, reason)
+                run.recorder.close("diverged", diverged_step=t, diverged_reason=reason)
+                live.remove(i)
+        if not live:
             return
         if schedule.checkpoint_after(t):
-            recorder.flush()
-            save(t + 1)
-    recorder.close()
+            for i in live:
+                runs[i].recorder.flush()
+                runs[i].save(t + 1)
+    for i in live:
+        runs[i].recorder.close()
 
 
-def train(
+def start_seed(
     cond: dict[str, Any],
     seed: int,
-    out: str | Path,
-    experiment: str = "",
-    condition: str = "",
-    progress: bool = True,
-    checkpoint_dir: str | Path | None = None,
-) -> Path:
-    """Run every init of one seed for cond['steps'] updates; the store ends up at `out`."""
-    out = Path(out)
+    out: Path,
+    experiment: str,
+    condition: str,
+    checkpoint_dir: str | Path | None,
+) -> SeedRun:
+    """Claim a seed's output and working folder, resume its checkpoint if any, open its store."""
     work = working_dir(out, checkpoint_dir)
     claim_output(out, "trajectory", inputs=[work])
     checkpoint.claim(work)
@@ -179,22 +214,43 @@ def train(
         writer, system.inits, dtype, block_steps(writer, dtype), bisect.bisect_left(steps, start)
     )
     schedule = Schedule(start, cond["steps"], cond["record_every"], cond["checkpoint_every"])
-    log.info(
-        "training %s seed %d: %d inits, %d steps", condition, seed, system.inits, schedule.total
-    )
+    label = f"{condition} seed {seed}"
+    return SeedRun(seed, out, work, key, system, recorder, schedule, label)
 
-    def save(next_step: int) -> None:
-        checkpoint.save(work, key, next_step, system.state())
 
+def finish_seed(run: SeedRun) -> Path:
+    """Move a seed's finished store to its output and drop its checkpoint."""
+    if run.out.exists():  # a trajectory store of ours (claim_output checked it)
+        shutil.rmtree(claim_output(run.out, "trajectory"))
+    os.replace(run.work / STORE, run.out)
+    checkpoint.release(run.work)
+    return run.out
+
+
+def train_runs(seeds, runs: list[SeedRun], progress: bool) -> list[Path]:
+    """Train `runs` stepped together by `seeds`; their stores end up at their outputs."""
+    for run in runs:
+        log.info("training %s: %d inits, %d steps", run.label, run.system.inits, run.schedule.total)
     try:
-        _run(system, recorder, schedule, save, f"{condition} seed {seed}", progress)
+        _run(seeds, runs, progress)
     finally:
-        recorder.stop()  # a failed step must not leave the writer thread waiting
-    if out.exists():  # a trajectory store of ours (claim_output checked it)
-        shutil.rmtree(claim_output(out, "trajectory"))
-    os.replace(work / STORE, out)
-    checkpoint.release(work)
-    return out
+        for run in runs:  # a failed step must not leave a writer thread waiting
+            run.recorder.stop()
+    return [finish_seed(run) for run in runs]
+
+
+def train(
+    cond: dict[str, Any],
+    seed: int,
+    out: str | Path,
+    experiment: str = "",
+    condition: str = "",
+    progress: bool = True,
+    checkpoint_dir: str | Path | None = None,
+) -> Path:
+    """Run every init of one seed for cond['steps'] updates; the store ends up at `out`."""
+    run = start_seed(cond, seed, Path(out), experiment, condition, checkpoint_dir)
+    return train_runs(OneSeed(run.system), [run], progress)[0]
 
 
 def train_block(
@@ -206,13 +262,17 @@ def train_block(
     progress: bool = True,
     checkpoint_dirs: list[str | Path | None] | None = None,
 ) -> list[Path]:
-    """Train a block of seeds of one condition in this process, one after another.
+    """Train a block of seeds of one condition in this process.
 
-    Each seed runs exactly as `train` alone would (its own system, generator,
-    checkpoints and store), so its store is the same bit for bit; the block
-    shares only what a process start costs: the imports (torch) and the
-    dataset (cached by `load_dataset`). Every output and working directory is
-    claimed before the first seed trains. A failed seed stops the block.
+    Each seed's store is the same bit for bit as `train` alone makes it (its
+    own system, generator, checkpoints and store). Plain FCNs with SGD train
+    the block's fresh seeds as one computation (`SeedStack`: a step of
+    seeds x inits nets at once, per-net arithmetic unchanged); a seed that
+    resumes from a checkpoint trains on its own; other systems train one seed
+    after another. The block also shares what a process start costs: the
+    imports (torch) and the dataset (cached by `load_dataset`). Every output
+    and working directory is claimed before the first seed trains. A failed
+    seed stops the block.
     """
     outs = [Path(out) for out in outs]
     dirs = list(checkpoint_dirs) if checkpoint_dirs else [None] * len(seeds)
@@ -227,8 +287,37 @@ def train_block(
         claim_output(out, "trajectory", inputs=[working_dir(out, work)])
     from conjugacy.systems.data import cached_datasets
 
+    jobs = list(zip(seeds, outs, dirs, strict=True))
     with cached_datasets():
+        if cond["system"] == "fcn" and len(jobs) > 1:
+            return _train_stacked(cond, jobs, experiment, condition, progress)
         return [
             train(cond, seed, out, experiment, condition, progress, work)
-            for seed, out, work in zip(seeds, outs, dirs, strict=True)
+            for seed, out, work in jobs
         ]
+
+
+def _train_stacked(
+    cond: dict[str, Any],
+    jobs: list[tuple[int, Path, str | Path | None]],
+    experiment: str,
+    condition: str,
+    progress: bool,
+) -> list[Path]:
+    """A block of FCN seeds: the fresh ones stacked when SeedStack takes them, the rest alone."""
+    from conjugacy.systems.fcn import SeedStack, stackable
+
+    runs = [start_seed(cond, seed, out, experiment, condition, work) for seed, out, work in jobs]
+    try:
+        fresh = [run for run in runs if run.schedule.start == 0]
+        alone = [run for run in runs if run.schedule.start > 0]
+        if not stackable([run.system for run in fresh]):
+            fresh, alone = [], runs
+        for run in alone:
+            train_runs(OneSeed(run.system), [run], progress)
+        if fresh:
+            train_runs(SeedStack([run.system for run in fresh]), fresh, progress)
+    finally:
+        for run in runs:
+            run.recorder.stop()
+    return [run.out for run in runs]

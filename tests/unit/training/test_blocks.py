@@ -7,12 +7,15 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import assert_stores_identical
 
 import conjugacy.systems.data as data
 from conjugacy import config
 from conjugacy.cli import main
 from conjugacy.config import ConfigError, training_json
+from conjugacy.stores.contract import open_trajectory
+from conjugacy.systems import fcn
 from conjugacy.training.train import train, train_block
 
 
@@ -22,16 +25,89 @@ def resolved(**cond) -> dict:
 
 
 FCN = {"system": "fcn", "hidden": 4, "steps": 20, "inits": 2, "batch_size": 30}
+FCN_BIAS = {**FCN, "bias": True, "record_every": 3, "record": ["fc1.weight", "fc2.bias"]}
+FCN_ADAM = {**FCN, "optimizer": "adam"}  # not stacked: one seed after another
 OMD = {"system": "omd", "steps": 15}
 
 
-@pytest.mark.parametrize("cond", [FCN, OMD], ids=["fcn", "omd"])
+@pytest.mark.parametrize(
+    "cond", [FCN, FCN_BIAS, FCN_ADAM, OMD], ids=["fcn", "fcn-bias", "fcn-adam", "omd"]
+)
 def test_each_seed_of_a_block_is_bitwise_its_store_trained_alone(tmp_path, cond):
     cond = resolved(**cond)
     seeds = [3, 0, 7]
     alone = [train(cond, s, tmp_path / f"alone{s}.zarr", "t", "c", False) for s in seeds]
     block = train_block(cond, seeds, [tmp_path / f"block{s}.zarr" for s in seeds], "t", "c", False)
     for a, b in zip(alone, block, strict=True):
+        assert_stores_identical(a, b)
+
+
+def stacked_steps(monkeypatch) -> list[int]:
+    """The seeds of each stacked SGD step the test's trainings take."""
+    seen = []
+    step = fcn.sgd_steps
+
+    def counted(p, x, y, lr):
+        seen.append(y.shape[0])
+        return step(p, x, y, lr)
+
+    monkeypatch.setattr(fcn, "sgd_steps", counted)
+    return seen
+
+
+def test_an_fcn_block_steps_its_seeds_as_one_computation(tmp_path, monkeypatch):
+    seen = stacked_steps(monkeypatch)
+    cond = resolved(**FCN)
+    train_block(cond, [0, 1, 2], [tmp_path / f"{s}.zarr" for s in range(3)], progress=False)
+    assert seen == [3] * 20  # 20 steps of the 3 seeds at once, not 60 steps of one
+    seen.clear()
+    train(cond, 0, tmp_path / "alone.zarr", progress=False)
+    assert seen == [1] * 20
+
+
+def test_a_diverged_seed_of_a_stack_leaves_the_others_as_trained_alone(tmp_path, monkeypatch):
+    made = fcn.FCN.__init__
+
+    def init(self, cond, seed, device="cpu"):  # seed 1's nets start with a NaN weight
+        made(self, cond, seed, device)
+        if seed == 1:
+            with torch.no_grad():
+                self.params["fc2.weight"][0, 0, 0] = float("nan")
+
+    monkeypatch.setattr(fcn.FCN, "__init__", init)
+    cond = resolved(**FCN)
+    seeds = [0, 1, 2]
+    alone = [train(cond, s, tmp_path / f"alone{s}.zarr", "t", "c", False) for s in seeds]
+    block = train_block(cond, seeds, [tmp_path / f"block{s}.zarr" for s in seeds], "t", "c", False)
+    for a, b in zip(alone, block, strict=True):
+        assert_stores_identical(a, b)
+    diverged = open_trajectory(block[1], allow_diverged=True).attrs
+    assert diverged["status"] == "diverged" and diverged["diverged_step"] == 0
+    assert open_trajectory(block[2]).attrs["status"] == "complete"
+
+
+def test_a_stopped_block_resumes_each_seed_from_its_checkpoint(tmp_path, monkeypatch):
+    cond = resolved(**FCN, checkpoint_every=5)
+    seeds = [0, 1, 2, 3]
+    alone = [train(cond, s, tmp_path / f"alone{s}.zarr", "t", "c", False) for s in seeds]
+    outs = [tmp_path / f"block{s}.zarr" for s in seeds]
+
+    def stop(self):  # a wall-time limit during the 13th stacked step
+        raise KeyboardInterrupt
+
+    calls = stacked_steps(monkeypatch)
+    step = fcn.SeedStack.step
+    monkeypatch.setattr(
+        fcn.SeedStack, "step", lambda self: stop(self) if len(calls) == 12 else step(self)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        train_block(cond, seeds[:2], outs[:2], "t", "c", False)
+    assert all(out.with_name(out.name + ".partial").is_dir() for out in outs[:2])
+    calls.clear()
+    monkeypatch.setattr(fcn.SeedStack, "step", step)
+    train_block(cond, seeds, outs, "t", "c", False)  # 0, 1 resume at step 10; 2, 3 start
+    assert calls == [1] * 10 * 2 + [2] * 20
+    for a, b in zip(alone, outs, strict=True):
         assert_stores_identical(a, b)
 
 
