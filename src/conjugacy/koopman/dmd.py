@@ -275,8 +275,7 @@ def krylov_eigh(
     limit = max_basis if max_basis is not None else n // 3
     if 2 * b > limit:
         return None
-    if m.itemsize not in m.strides:  # a view with unit stride along one axis (a block of
-        m = np.ascontiguousarray(m)  # the lag products) goes to BLAS as is, with its stride
+    m = _rows_unit_stride(m)
     rng = np.random.default_rng(KRYLOV_SEED)
     cap = min(limit, 8 * b)  # grows by doubling: most solves need a few blocks
     q = np.empty((n, cap), order="F")
@@ -285,7 +284,7 @@ def krylov_eigh(
     start = 0
     while True:
         end = start + b
-        fresh, coefs, r = _extend(q[:, :end], m @ q[:, start:end])
+        fresh, coefs, r = _extend(q[:, :end], times(m, q[:, start:end]))
         t[:end, start:end] = coefs[:end]
         t[start:end, :start] = coefs[:start].T
         t[start:end, start:end] = (coefs[start:end] + coefs[start:end].T) / 2
@@ -307,10 +306,29 @@ def krylov_eigh(
         q[:, end : end + b] = fresh
         start = end
     y = q[:, :end] @ s
-    residual = np.linalg.norm(m @ y - y * theta, axis=0)
+    residual = np.linalg.norm(times(m, y) - y * theta, axis=0)
     if residual.max() > check * top:
         return None
     return np.clip(theta, 0.0, None), y
+
+
+def _rows_unit_stride(m: np.ndarray) -> np.ndarray:
+    """A symmetric m as a view with unit stride along its rows, without a copy when it has
+    unit stride along either axis (a block of the lag products, or Fortran order: m.T)."""
+    if m.strides[1] == m.itemsize:
+        return m
+    return m.T if m.strides[0] == m.itemsize else np.ascontiguousarray(m)
+
+
+def times(m: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """m @ v for a large m and a few columns v, computed as (v^T m^T)^T.
+
+    The same product, rounded differently: OpenBLAS runs this form 1.6-1.8x
+    faster than m @ v for 10-30 columns of a 3000-4000 square m (12.7 against
+    20 ms at 3250 x 18, one thread), and such products are most of a
+    spectrum's eigensolve (the Krylov steps) and of its reduced operator.
+    """
+    return (v.T @ m.T).T
 
 
 def _extend(q: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -525,9 +543,10 @@ def dmd_from_covariance(
     )
     s_all = np.sqrt(lam)
     r = ur.shape[1]
-    syx = ur.T @ cyx @ ur
-    syy = ur.T @ cyy @ ur if cyy is not None else None
-    y_basis = (cyx @ ur) / lam[None, :r]  # Y V S^-1 = Y X^T U S^-2
+    cyx_ur = times(cyx, ur)
+    syx = ur.T @ cyx_ur
+    syy = ur.T @ times(cyy, ur) if cyy is not None else None
+    y_basis = cyx_ur / lam[None, :r]  # Y V S^-1 = Y X^T U S^-2
     return _result(s_all, r, syx, syy, ur.T @ x0, variant, y_basis=y_basis)
 
 
