@@ -176,12 +176,16 @@ class FCN:
 
         Epoch-wise reshuffled mini-batches, the same for every init of the seed.
         """
+        index = torch.from_numpy(self.batch_indices()).to(self.device)
+        return self.x[index], self.y[index]
+
+    def batch_indices(self) -> np.ndarray:
+        """The samples of the next mini-batch (next_batch without the gather)."""
         b = self.cond["batch_size"]
         if len(self.order) < b:
             self.order = self.rng.permutation(len(self.y))
         idx, self.order = self.order[:b], self.order[b:]
-        index = torch.from_numpy(idx).to(self.device)
-        return self.x[index], self.y[index]
+        return idx
 
     def _next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """next_batch, by the name the training step (and benchmarks/training.py) call."""
@@ -286,9 +290,18 @@ def sgd_steps(
 
 
 def stackable(systems: list[Any]) -> bool:
-    """Whether these seeds can train as one computation: plain FCNs with written-out SGD."""
-    return len(systems) > 1 and all(
-        type(s) is FCN and s.closed_form and s.cond == systems[0].cond for s in systems
+    """Whether these seeds can train as one computation: plain FCNs with written-out SGD on
+    the same samples."""
+    if len(systems) < 2:
+        return False
+    first = systems[0]
+    return all(
+        type(s) is FCN
+        and s.closed_form
+        and s.cond == first.cond
+        and torch.equal(s.x, first.x)
+        and torch.equal(s.y, first.y)
+        for s in systems
     )
 
 
@@ -315,10 +328,10 @@ class SeedStack:
 
     def step(self) -> list[np.ndarray]:
         """One SGD step of every seed; each seed's losses (N,) before it."""
-        batches = [system.next_batch() for system in self.systems]
-        x = torch.stack([b[0] for b in batches])
-        y = torch.stack([b[1] for b in batches])
-        return list(sgd_steps(self.params, x, y, self.lr))
+        first = self.systems[0]  # the seeds share the samples (`stackable`), not their order
+        index = np.stack([system.batch_indices() for system in self.systems])
+        index = torch.from_numpy(index).to(first.device)
+        return list(sgd_steps(self.params, first.x[index], first.y[index], self.lr))
 
     def loss(self) -> list[np.ndarray]:
         """Each seed's losses on its next mini-batch, without an update."""
