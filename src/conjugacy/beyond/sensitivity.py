@@ -433,7 +433,7 @@ class Grids:
 
 def load_grids(paths: list[str | Path]) -> Grids:
     """Read the sensitivity stores of every run: one grid, each run once."""
-    from conjugacy.verdict.compare import label as store_label
+    from conjugacy.verdict.spectra import label as store_label
 
     grids = None
     for p in map(Path, paths):

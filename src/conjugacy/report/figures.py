@@ -354,7 +354,7 @@ def write_figures(
         plot_w_distributions(distances, verdicts, written[-1])
     pairs = pairs or []
     if spectra:
-        from conjugacy.verdict.compare import load_spectra  # scipy: not for the verdict figures
+        from conjugacy.verdict.spectra import load_spectra
 
         labels, values, _ = load_spectra(spectra)
         conditions = list(dict.fromkeys(c for c, _ in labels))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ import xarray as xr
 from conjugacy.report import figures
 from conjugacy.report.figures import annotation, zoom_box
 from conjugacy.verdict import compare
+from conjugacy.verdict import spectra as spectra_module
 
 NEAR_ONE = np.array([0.99, 0.97 + 0.02j, 0.97 - 0.02j, 0.9])
 
@@ -132,7 +135,7 @@ def test_each_figure_is_drawn_from_its_own_inputs(experiment, tmp_path, captured
 
 
 def test_spectra_figure_has_a_zoom_beside_each_group(experiment, captured) -> None:
-    labels, values, _ = compare.load_spectra(experiment["spectra"])
+    labels, values, _ = spectra_module.load_spectra(experiment["spectra"])
     layout = figures.groups(["a", "b", "c"], [("a", "b"), ("b", "c")])
     assert layout == [["a", "b", "c"]]
     figures.plot_spectra(labels, values, layout, Path("unused.png"))
@@ -195,3 +198,18 @@ def test_loss_figure_is_log_scaled_per_group(experiment, captured) -> None:
     first, second = captured[0].axes
     assert first.get_yscale() == "log" and len(first.lines) == 10 and len(second.lines) == 5
     np.testing.assert_allclose(second.lines[0].get_ydata(), 1.05 * np.exp(-0.2 * np.arange(20)))
+
+
+def test_the_figures_of_the_runs_never_import_the_comparisons_scipy(experiment, tmp_path):
+    """figures_runs reads the spectra beside the comparison, without its scipy.stats and
+    scipy.optimize imports (1 s of every run's last jobs)."""
+    paths = [str(p) for p in experiment["spectra"]]
+    code = (
+        "import sys; from conjugacy.cli import main; "
+        f"code = main(['figures', '--spectra', *{paths!r}, '-o', {str(tmp_path)!r}]); "
+        "assert code in (0, None), code; "
+        "assert not {'scipy.stats', 'scipy.optimize'} & set(sys.modules), 'scipy imported'"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "spectra.png").is_file()
