@@ -182,6 +182,7 @@ def start_seed(
     work = working_dir(out, checkpoint_dir)
     claim_output(out, "trajectory", inputs=[work])
     checkpoint.claim(work)
+    out.parent.mkdir(parents=True, exist_ok=True)  # the finished store moves there
     system, dtype = make_system(cond, seed)
     shapes = tensor_shapes(cond)
     record = cond.get("record", sorted(shapes))

@@ -111,6 +111,16 @@ def test_a_stopped_block_resumes_each_seed_from_its_checkpoint(tmp_path, monkeyp
         assert_stores_identical(a, b)
 
 
+def test_a_block_with_checkpoints_elsewhere_makes_its_output_folder(tmp_path):
+    """The stores are built in the checkpoint folders and moved to outputs in a folder that
+    did not exist yet (the error was raised only after the whole training)."""
+    cond = resolved(**FCN)
+    outs = [tmp_path / "new" / "folder" / f"seed{s}.zarr" for s in (0, 1)]
+    work = [tmp_path / "checkpoints" / f"seed{s}" for s in (0, 1)]
+    train_block(cond, [0, 1], outs, "t", "c", False, work)
+    assert all(open_trajectory(out).attrs["status"] == "complete" for out in outs)
+
+
 def test_a_block_reads_its_dataset_once(tmp_path, monkeypatch):
     calls = []
     read = data._read_dataset
