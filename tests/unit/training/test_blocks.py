@@ -34,12 +34,16 @@ OMD = {"system": "omd", "steps": 15}
     "cond", [FCN, FCN_BIAS, FCN_ADAM, OMD], ids=["fcn", "fcn-bias", "fcn-adam", "omd"]
 )
 def test_each_seed_of_a_block_is_bitwise_its_store_trained_alone(tmp_path, cond):
-    cond = resolved(**cond)
-    seeds = [3, 0, 7]
+    block_as_alone(resolved(**cond), [3, 0, 7], tmp_path)
+
+
+def block_as_alone(cond: dict, seeds: list[int], tmp_path) -> list:
+    """Train `seeds` alone and as one block; each seed's two stores bitwise equal. The block's."""
     alone = [train(cond, s, tmp_path / f"alone{s}.zarr", "t", "c", False) for s in seeds]
     block = train_block(cond, seeds, [tmp_path / f"block{s}.zarr" for s in seeds], "t", "c", False)
     for a, b in zip(alone, block, strict=True):
         assert_stores_identical(a, b)
+    return block
 
 
 def stacked_steps(monkeypatch) -> list[int]:
@@ -75,12 +79,7 @@ def test_a_diverged_seed_of_a_stack_leaves_the_others_as_trained_alone(tmp_path,
                 self.params["fc2.weight"][0, 0, 0] = float("nan")
 
     monkeypatch.setattr(fcn.FCN, "__init__", init)
-    cond = resolved(**FCN)
-    seeds = [0, 1, 2]
-    alone = [train(cond, s, tmp_path / f"alone{s}.zarr", "t", "c", False) for s in seeds]
-    block = train_block(cond, seeds, [tmp_path / f"block{s}.zarr" for s in seeds], "t", "c", False)
-    for a, b in zip(alone, block, strict=True):
-        assert_stores_identical(a, b)
+    block = block_as_alone(resolved(**FCN), [0, 1, 2], tmp_path)
     diverged = open_trajectory(block[1], allow_diverged=True).attrs
     assert diverged["status"] == "diverged" and diverged["diverged_step"] == 0
     assert open_trajectory(block[2]).attrs["status"] == "complete"
