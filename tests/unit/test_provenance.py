@@ -52,7 +52,9 @@ def edited_copy(tmp_path, module: str):
         ("conjugacy.report.style", {"figures", "windows", "monitor"}, {"train", "koopman"}),
         ("conjugacy.systems.fcn", {"train", "prune", "predict"}, {"koopman", "compare"}),
         ("conjugacy.config.checks", {"train", "koopman", "compare", "summary"}, set()),
-        ("conjugacy.verdict.stats", {"compare", "windows", "figures"}, {"train", "koopman"}),
+        # the spectra figure reads spectra through verdict.spectra, not the comparison
+        ("conjugacy.verdict.stats", {"compare", "windows"}, {"train", "koopman", "figures"}),
+        ("conjugacy.verdict.spectra", {"compare", "figures"}, {"train", "koopman"}),
     ],
 )
 def test_an_edit_changes_the_hash_of_exactly_the_stages_that_import_it(
