@@ -249,10 +249,10 @@ def sgd_steps(
     products. At the experiments' sizes, recording autograd's graph, walking
     it and running torch.optim cost more than that arithmetic
     (benchmarks/training.py); the result equals autograd's to float32
-    rounding (tests/test_train.py). Every product and reduction is batched
-    over (seed, init) with the same per-net kernel whatever S is, so a seed's
-    result is bitwise the same alone (S = 1) or stacked with others
-    (tests/unit/training/test_blocks.py).
+    rounding (tests/unit/training/test_train.py). Every product and
+    reduction is batched over (seed, init) with the same per-net kernel
+    whatever S is, so a seed's result is bitwise the same alone (S = 1) or
+    stacked with others (tests/unit/training/test_blocks.py).
     """
     seeds, rows = y.shape
     inits = p["fc1.weight"].shape[1]

@@ -125,7 +125,6 @@ class OneSeed:
 class SeedRun:
     """One seed's training being recorded: its system, recorder, checkpoint and output."""
 
-    seed: int
     out: Path
     work: Path
     key: str  # what its checkpoints must match
@@ -216,7 +215,7 @@ def start_seed(
     )
     schedule = Schedule(start, cond["steps"], cond["record_every"], cond["checkpoint_every"])
     label = f"{condition} seed {seed}"
-    return SeedRun(seed, out, work, key, system, recorder, schedule, label)
+    return SeedRun(out, work, key, system, recorder, schedule, label)
 
 
 def finish_seed(run: SeedRun) -> Path:
