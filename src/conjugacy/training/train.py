@@ -21,7 +21,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from tqdm import tqdm
@@ -105,6 +105,17 @@ class Schedule:
         )
 
 
+class Seeds(Protocol):
+    """Seeds stepped together: one system (`OneSeed`) or a stack of them (`SeedStack`).
+    Each method answers one item per seed, in order."""
+
+    def step(self) -> list[np.ndarray]: ...
+
+    def loss(self) -> list[np.ndarray]: ...
+
+    def snapshot(self, names: list[str]) -> list[dict[str, np.ndarray]]: ...
+
+
 class OneSeed:
     """A system trained on its own, with the interface of a stack of seeds (`SeedStack`)."""
 
@@ -137,7 +148,7 @@ class SeedRun:
         checkpoint.save(self.work, self.key, next_step, self.system.state())
 
 
-def _run(seeds, runs: list[SeedRun], progress: bool) -> None:
+def _run(seeds: Seeds, runs: list[SeedRun], progress: bool) -> None:
     """The training loop of seeds stepped together (`seeds`: OneSeed or a SeedStack).
 
     Step, record, seal a seed's store at its divergence (the other seeds go
@@ -227,7 +238,7 @@ def finish_seed(run: SeedRun) -> Path:
     return run.out
 
 
-def train_runs(seeds, runs: list[SeedRun], progress: bool) -> list[Path]:
+def train_runs(seeds: Seeds, runs: list[SeedRun], progress: bool) -> list[Path]:
     """Train `runs` stepped together by `seeds`; their stores end up at their outputs."""
     for run in runs:
         log.info("training %s: %d inits, %d steps", run.label, run.system.inits, run.schedule.total)
