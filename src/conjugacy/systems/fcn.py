@@ -291,13 +291,16 @@ def sgd_steps(
 
 def stackable(systems: list[Any]) -> bool:
     """Whether these seeds can train as one computation: plain FCNs with written-out SGD on
-    the same samples."""
+    the same samples, on the CPU. On CPU a stacked seed is bitwise the seed alone (tested);
+    on CUDA, cuBLAS may pick another kernel for another batch count, and no GPU has
+    checked it, so CUDA blocks train one seed after another."""
     if len(systems) < 2:
         return False
     first = systems[0]
     return all(
         type(s) is FCN
         and s.closed_form
+        and s.device.type == "cpu"
         and s.cond == first.cond
         and torch.equal(s.x, first.x)
         and torch.equal(s.y, first.y)

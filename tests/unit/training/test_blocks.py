@@ -69,6 +69,19 @@ def test_an_fcn_block_steps_its_seeds_as_one_computation(tmp_path, monkeypatch):
     assert seen == [1] * 20
 
 
+def test_only_cpu_fcns_with_written_out_sgd_on_the_same_samples_stack():
+    cond = resolved(**FCN)
+    systems = [fcn.FCN(cond, s) for s in range(3)]
+    assert fcn.stackable(systems) and not fcn.stackable(systems[:1])
+    adam = [fcn.FCN(resolved(**FCN_ADAM), s) for s in range(2)]
+    assert not fcn.stackable(adam)
+    systems[2].device = torch.device("cuda")  # cuBLAS batches: not checked bitwise
+    assert not fcn.stackable(systems)
+    other = fcn.FCN(cond, 3)
+    other.x = other.x + 1  # the same condition on other samples
+    assert not fcn.stackable([*systems[:2], other])
+
+
 def test_a_diverged_seed_of_a_stack_leaves_the_others_as_trained_alone(tmp_path, monkeypatch):
     made = fcn.FCN.__init__
 
