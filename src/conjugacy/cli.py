@@ -149,6 +149,10 @@ def cmd_train(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    from conjugacy.memory import keep_freed_memory, share_one_arena
+
+    share_one_arena()  # the recorders' writer threads reuse the training's freed blocks
+    keep_freed_memory()  # each step's temporaries reuse freed memory, not fresh pages
     train_block(
         cond,
         args.seed,

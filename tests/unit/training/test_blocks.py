@@ -199,6 +199,27 @@ def test_cli_trains_a_block_and_computes_each_spectrum_like_one_job(tmp_path):
         assert_stores_identical(tmp_path / f"s{seed}.zarr", tmp_path / f"e{seed}.zarr")
 
 
+def test_the_training_jobs_allocator_settings_change_no_bit(tmp_path):
+    """`conjugacy train` shares one malloc arena and keeps freed memory (a stacked block's
+    steps then reuse their temporaries); a fresh process without the settings trains the
+    same stores bit for bit."""
+    spec = training_json(resolved(**{**FCN, "steps": 60}))
+    outs = {k: [str(tmp_path / f"{k}{s}.zarr") for s in (0, 1)] for k in ("cli", "plain")}
+    cli = [sys.executable, "-m", "conjugacy", "train", "--spec", spec, "--quiet"]
+    cli += ["--experiment", "t", "--condition", "c"]
+    run = subprocess.run([*cli, "--seed", "0", "1", "-o", *outs["cli"]], capture_output=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    plain = (
+        "import json, sys; from conjugacy.training.train import train_block; "
+        f"train_block(json.loads({spec!r}), [0, 1], {outs['plain']!r}, 't', 'c', False); "
+        "from conjugacy import memory; assert not memory._keep_freed.cache_info().currsize"
+    )
+    run = subprocess.run([sys.executable, "-c", plain], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    for a, b in zip(outs["cli"], outs["plain"], strict=True):
+        assert_stores_identical(a, b)
+
+
 def test_cli_koopman_several_outputs_need_each(tmp_path, capsys):
     argv = ["koopman", str(tmp_path / "a.zarr"), "-o", str(tmp_path / "x"), str(tmp_path / "y")]
     assert main(argv) == 2
