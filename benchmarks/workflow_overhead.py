@@ -134,13 +134,12 @@ def floor_worker(config: str, part: int, parts: int, out: str) -> None:
     from conjugacy.config import load, option_label
     from conjugacy.config.validation import settings as config_settings
     from conjugacy.koopman.spectrum import KoopmanOptions, write_spectrum
-    from conjugacy.memory import keep_freed_memory, share_one_arena
+    from conjugacy.memory import settle_allocator
     from conjugacy.systems.data import cached_datasets
     from conjugacy.training.train import train_block
 
     torch.set_num_threads(1)
-    share_one_arena()  # the allocator settings `conjugacy koopman` makes
-    keep_freed_memory()
+    settle_allocator()  # the allocator settings of `conjugacy train` and `koopman`
     cfg = load(config)
     runs = [(c, s) for c in cfg["conditions"] for s in sorted(cfg["conditions"][c]["seeds"])]
     mine = runs[part::parts]

@@ -149,10 +149,9 @@ def cmd_train(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-    from conjugacy.memory import keep_freed_memory, share_one_arena
+    from conjugacy.memory import settle_allocator
 
-    share_one_arena()  # the recorders' writer threads reuse the training's freed blocks
-    keep_freed_memory()  # each step's temporaries reuse freed memory, not fresh pages
+    settle_allocator()
     train_block(
         cond,
         args.seed,
@@ -184,10 +183,9 @@ def _outputs(args: argparse.Namespace, what: str) -> list[tuple[list[Path], Path
 
 def cmd_koopman(args: argparse.Namespace) -> None:
     from conjugacy.koopman.spectrum import KoopmanOptions, write_spectrum
-    from conjugacy.memory import keep_freed_memory, share_one_arena
+    from conjugacy.memory import settle_allocator
 
-    share_one_arena()  # read-ahead threads reuse the same freed blocks
-    keep_freed_memory()  # and the lifted covariances reuse freed memory
+    settle_allocator()
 
     names = ("delays", "rank", "window", "pca", "variant", "device", "modes", "keep")
     keys = {k: k for k in (*names, "spread_resamples", "max_spread", "max_residual")}
@@ -843,10 +841,9 @@ def _add_verify(sub) -> None:
 def cmd_sensitivity(args: argparse.Namespace) -> None:
     from conjugacy.beyond.sensitivity import write_sensitivity
     from conjugacy.koopman.spectrum import KoopmanOptions
-    from conjugacy.memory import keep_freed_memory, share_one_arena
+    from conjugacy.memory import settle_allocator
 
-    share_one_arena()  # read-ahead threads reuse the same freed blocks
-    keep_freed_memory()  # and the lifted covariances reuse freed memory
+    settle_allocator()
     given = {**args.settings, **_given(args, {"delays": "delays", "ranks": "ranks"})}
     grid = config_settings("sensitivity", given, option_label)
     for key in ("delays", "ranks"):

@@ -75,3 +75,12 @@ def keep_freed_memory() -> bool:
     if kept:
         _glibc().malloc_trim(0)
     return kept
+
+
+def settle_allocator() -> None:
+    """Both settings, as a stage's process makes them at its start (before its threads
+    allocate): the training's writer threads and the Koopman stage's read-ahead threads
+    reuse the same freed blocks, and each step's or spectrum's large temporaries reuse
+    freed memory instead of fresh pages."""
+    share_one_arena()
+    keep_freed_memory()
