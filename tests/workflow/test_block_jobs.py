@@ -16,7 +16,13 @@ from conftest import assert_stores_identical, copy_project, dry_run, snakemake, 
 from conjugacy.config import resolve
 from conjugacy.training.train import train
 
-TOY = {"system": "omd", "steps": 12, "checkpoint_every": 5, "koopman": {"delays": 1}}
+TOY = {
+    "system": "omd",
+    "steps": 12,
+    "checkpoint_every": 5,
+    "checkpoint_seconds": 0,
+    "koopman": {"delays": 1},
+}
 
 
 def experiment(seeds, **extra) -> dict:

@@ -65,7 +65,7 @@ def trajectory(tmp_path: Path, name: str = "t.zarr", **cond) -> Path:
 )
 def test_restart_resumes_from_the_last_checkpoint(tmp_path, monkeypatch, system, cls):
     k, stop_at = 10, 37
-    cond = resolved(**system, checkpoint_every=k)
+    cond = resolved(**system, checkpoint_every=k, checkpoint_seconds=0)
     reference = tmp_path / "reference.zarr"
     train(cond, 0, reference, progress=False)
     assert not reference.with_name("reference.zarr.partial").exists()  # checkpoints removed
@@ -86,14 +86,47 @@ def test_restart_resumes_from_the_last_checkpoint(tmp_path, monkeypatch, system,
     assert not work.exists()
 
 
+def test_checkpoints_wait_for_checkpoint_seconds(tmp_path, monkeypatch):
+    """A checkpoint is due every checkpoint_every steps but taken only once
+    checkpoint_seconds have passed since the last one; the store is the same."""
+    import conjugacy.training.train as train_module
+
+    clock = [0.0]  # seconds of training: one per update
+    step = Toy.step
+
+    def timed_step(self):
+        clock[0] += 1.0
+        return step(self)
+
+    saved = []
+    save = train_module.SeedRun.save
+
+    def spy(run, next_step):
+        saved.append(next_step)
+        save(run, next_step)
+
+    monkeypatch.setattr(Toy, "step", timed_step)
+    monkeypatch.setattr(train_module.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(train_module.SeedRun, "save", spy)
+    every_five = resolved(system="omd", steps=55, checkpoint_every=5, checkpoint_seconds=12)
+    train(every_five, 0, tmp_path / "a.zarr", progress=False)
+    assert saved == [15, 30, 45]  # due at 5, 10, ...; 15 s apart (12 s would be 12: not due)
+
+    saved.clear()
+    never = resolved(system="omd", steps=55, checkpoint_every=5)  # default: 60 s
+    train(never, 0, tmp_path / "b.zarr", progress=False)
+    assert saved == []  # 55 s of training: shorter than checkpoint_seconds
+    assert_stores_identical(tmp_path / "a.zarr", tmp_path / "b.zarr")
+
+
 def test_a_checkpoint_of_another_config_is_not_resumed(tmp_path, monkeypatch):
-    cond = resolved(system="omd", steps=30, checkpoint_every=5)
+    cond = resolved(system="omd", steps=30, checkpoint_every=5, checkpoint_seconds=0)
     counter = StepCounter(monkeypatch, Toy, stop_after=12)
     out = tmp_path / "t.zarr"
     with pytest.raises(KeyboardInterrupt):
         train(cond, 0, out, progress=False)
     counter.reset()
-    other = resolved(system="omd", steps=30, checkpoint_every=5, lr=0.02)
+    other = resolved(system="omd", steps=30, checkpoint_every=5, checkpoint_seconds=0, lr=0.02)
     train(other, 0, out, progress=False)
     fresh = tmp_path / "fresh.zarr"
     train(other, 0, fresh, progress=False)
@@ -347,6 +380,7 @@ LONG = {
             "steps": 6000,
             "inits": 2,
             "checkpoint_every": 200,
+            "checkpoint_seconds": 0,
             "koopman": {"delays": 2, "rank": 5},
         },
     },

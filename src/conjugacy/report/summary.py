@@ -18,7 +18,7 @@ from conjugacy.stores.contract import StoreError
 
 # Keys shown in their own column, or not at all (bookkeeping that does not change results).
 OWN_COLUMNS = ("system", "steps", "lr", "seeds", "koopman")
-HIDDEN = ("checkpoint_every", "device", "gpus", "data_dir")
+HIDDEN = ("checkpoint_every", "checkpoint_seconds", "device", "gpus", "data_dir")
 
 
 def read_benchmarks(folder: str | Path) -> pd.DataFrame:

@@ -4,8 +4,9 @@
 
 The store is built in a working directory outside the declared output
 (Snakemake deletes a declared output before a job runs), next to a
-checkpoint of the training state taken every `checkpoint_every` steps
-(arrays and JSON, never a pickle). A job killed or out of wall time resumes
+checkpoint of the training state taken every `checkpoint_every` steps, once
+`checkpoint_seconds` have passed since the last one (arrays and JSON, never
+a pickle). A job killed or out of wall time resumes
 from its last checkpoint, and only a finished store is moved to the output
 path, so a partial store never stands where a complete one is expected.
 Training stops at the first non-finite loss or recorded parameter and seals
@@ -19,6 +20,7 @@ import bisect
 import logging
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -97,11 +99,16 @@ class Schedule:
     total: int  # updates in all (cond["steps"])
     every: int  # a snapshot every `every` updates (cond["record_every"])
     checkpoint_every: int  # 0: never (cond["checkpoint_every"])
+    checkpoint_seconds: float  # since the last checkpoint (cond["checkpoint_seconds"])
 
-    def checkpoint_after(self, t: int) -> bool:
-        """Whether the state after update t is checkpointed (never after the last one)."""
+    def checkpoint_after(self, t: int, seconds: float) -> bool:
+        """Whether the state after update t is checkpointed, `seconds` after the last
+        checkpoint (or the start): never after the last update."""
         return (
-            bool(self.checkpoint_every) and t < self.total and (t + 1) % self.checkpoint_every == 0
+            bool(self.checkpoint_every)
+            and t < self.total
+            and (t + 1) % self.checkpoint_every == 0
+            and seconds >= self.checkpoint_seconds
         )
 
 
@@ -155,6 +162,7 @@ def _run(seeds: Seeds, runs: list[SeedRun], progress: bool) -> None:
     on), checkpoint every seed still training when scheduled.
     """
     schedule = runs[0].schedule
+    last_checkpoint = time.monotonic()
     record = list(runs[0].recorder.writer.tensors)
     live = list(range(len(runs)))
     steps = range(schedule.start, schedule.total + 1)
@@ -172,10 +180,11 @@ def _run(seeds: Seeds, runs: list[SeedRun], progress: bool) -> None:
                 live.remove(i)
         if not live:
             return
-        if schedule.checkpoint_after(t):
+        if schedule.checkpoint_after(t, time.monotonic() - last_checkpoint):
             for i in live:
                 runs[i].recorder.flush()
                 runs[i].save(t + 1)
+            last_checkpoint = time.monotonic()
     for i in live:
         runs[i].recorder.close()
 
@@ -224,7 +233,13 @@ def start_seed(
     recorder = Recorder(
         writer, system.inits, dtype, block_steps(writer, dtype), bisect.bisect_left(steps, start)
     )
-    schedule = Schedule(start, cond["steps"], cond["record_every"], cond["checkpoint_every"])
+    schedule = Schedule(
+        start,
+        cond["steps"],
+        cond["record_every"],
+        cond["checkpoint_every"],
+        cond["checkpoint_seconds"],
+    )
     label = f"{condition} seed {seed}"
     return SeedRun(out, work, key, system, recorder, schedule, label)
 

@@ -224,7 +224,7 @@ def test_shipped_configs_resolve():
 
 
 def test_train_writes_w_out_trajectory(tmp_path):
-    cond = resolved(steps=4, checkpoint_every=2)
+    cond = resolved(steps=4, checkpoint_every=2, checkpoint_seconds=0)
     out = train(cond, 0, tmp_path / "t.zarr", progress=False, condition="g")
     ds = open_trajectory(out)
     w = ds["blocks.0.mlp.W_out"]
