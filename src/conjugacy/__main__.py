@@ -1,3 +1,3 @@
-from conjugacy.cli import main
+from conjugacy.cli import run
 
-raise SystemExit(main())
+run()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +84,30 @@ def test_module_help():
     assert res.returncode == 0, res.stderr
     for cmd in ("train", "koopman", "compare", "figures"):
         assert cmd in res.stdout
+
+
+def test_the_program_flushes_what_it_printed_and_keeps_its_status(tmp_path, omd_store):
+    """`python -m conjugacy` ends without the interpreter's teardown (os._exit): what it
+    printed into files (block-buffered) is all there, and the status is main's."""
+
+    def program(*argv: str) -> tuple[int, str, str]:
+        out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+        with out.open("w") as o, err.open("w") as e:
+            argv = [sys.executable, "-m", "conjugacy", *argv]
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+            code = subprocess.run(argv, stdout=o, stderr=e, env=env, timeout=120).returncode
+        return code, out.read_text(), err.read_text()
+
+    results = tmp_path / "results"
+    (results / "trajectories" / "omd").mkdir(parents=True)
+    shutil.copytree(omd_store, results / "trajectories" / "omd" / "seed0.zarr")
+    code, out, err = program("verify", str(results))
+    assert code == 1, err  # its spectrum is missing
+    assert "seed0.zarr" in out and "missing" in out and out.endswith("\n")  # the whole table
+    assert "1 of 2 stores are whole" in err
+    code, out, err = program("koopman", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "s"))
+    assert code == 2
+    assert err.startswith("conjugacy koopman: error:") and err.count("\n") == 1
 
 
 def foreign_store(path: Path, eigenvalues, inits: int = 3, snapshots: int = 12) -> None:
