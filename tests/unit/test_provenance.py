@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 import subprocess
@@ -34,6 +35,46 @@ def test_every_module_a_stage_imports_is_hashed(stage):
     computed = provenance.stage_modules(stage)
     loaded = runtime_modules(provenance.STAGE_ENTRIES[stage])
     assert loaded <= computed, sorted(loaded - computed)
+
+
+def ast_imports(path) -> set[str]:
+    """The package's modules a file imports, as Python's parser reads its import statements."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+        else:
+            continue
+        found |= {n for n in names if n.split(".")[0] == "conjugacy" and provenance.module_file(n)}
+    return found
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: p.name)
+def test_the_import_pattern_finds_every_import_the_parser_finds(path):
+    assert ast_imports(path) <= provenance.imports_of(path)
+
+
+def test_the_import_pattern_reads_every_form_of_import(tmp_path):
+    source = tmp_path / "m.py"
+    source.write_text(
+        "import os, conjugacy.config as c  # a comment\n"
+        "def f():\n"
+        "    from conjugacy.koopman import (\n"
+        "        dmd,  # the solver\n"
+        "        spectrum as s,\n"
+        "    )\n"
+        "    from conjugacy.stores.contract import open_store\n"
+        "x = 'import conjugacy.memory'  # not at a line's start: not an import\n"
+    )
+    assert provenance.imports_of(source) == {
+        "conjugacy.config",
+        "conjugacy.koopman",
+        "conjugacy.koopman.dmd",
+        "conjugacy.koopman.spectrum",
+        "conjugacy.stores.contract",
+    }
 
 
 def edited_copy(tmp_path, module: str):
