@@ -101,14 +101,15 @@ class Schedule:
     checkpoint_every: int  # 0: never (cond["checkpoint_every"])
     checkpoint_seconds: float  # since the last checkpoint (cond["checkpoint_seconds"])
 
-    def checkpoint_after(self, t: int, seconds: float) -> bool:
-        """Whether the state after update t is checkpointed, `seconds` after the last
-        checkpoint (or the start): never after the last update."""
+    def checkpoint_after(self, t: int, since: float) -> bool:
+        """Whether the state after update t is checkpointed, the last checkpoint (or the
+        start) having been at `since` (time.monotonic): never after the last update. The
+        clock is read only at a due step."""
         return (
             bool(self.checkpoint_every)
             and t < self.total
             and (t + 1) % self.checkpoint_every == 0
-            and seconds >= self.checkpoint_seconds
+            and time.monotonic() - since >= self.checkpoint_seconds
         )
 
 
@@ -180,7 +181,7 @@ def _run(seeds: Seeds, runs: list[SeedRun], progress: bool) -> None:
                 live.remove(i)
         if not live:
             return
-        if schedule.checkpoint_after(t, time.monotonic() - last_checkpoint):
+        if schedule.checkpoint_after(t, last_checkpoint):
             for i in live:
                 runs[i].recorder.flush()
                 runs[i].save(t + 1)
