@@ -196,16 +196,27 @@ def leading_eigh(
     n = m.shape[0]
     if most is None or most > n // 4 or n < 64:
         lam, vec = eigh_desc(m, overwrite)
-        return lam, vec[:, : pick(lam)]
+        return lam, signed(vec[:, : pick(lam)])
     found = None if every else krylov_eigh(m, most)
     if found is None:
         c, d, e, tau = _tridiagonal(m, overwrite)
         lam = np.clip(scipy.linalg.eigh_tridiagonal(d, e, eigvals_only=True)[::-1], 0.0, None)
         lam = lam if every else lam[:most]
         r = _picked(pick, lam, most)
-        return lam, _tridiagonal_vectors(c, d, e, tau, r)
+        return lam, signed(_tridiagonal_vectors(c, d, e, tau, r))
     lam, vec = found
-    return lam, vec[:, : _picked(pick, lam, most)]
+    return lam, signed(vec[:, : _picked(pick, lam, most)])
+
+
+def signed(vec: np.ndarray) -> np.ndarray:
+    """Eigenvectors (columns) flipped so that each one's entry of largest magnitude is positive.
+
+    An eigenvector's sign is arbitrary; solvers and BLAS builds pick it by
+    rounding. Fixing it makes the DMD modes and amplitudes built on these
+    vectors the same, to rounding, whichever solver or machine found them.
+    """
+    peak = vec[np.abs(vec).argmax(axis=0), np.arange(vec.shape[1])]
+    return vec * np.where(peak < 0, -1.0, 1.0)
 
 
 def _picked(pick: Callable[[np.ndarray], int], lam: np.ndarray, most: int) -> int:

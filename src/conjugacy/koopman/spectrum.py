@@ -230,10 +230,13 @@ def lag_sums(
         if u1 > u0:
             groups = [block[i : i + 1] for i in range(block.shape[0])] if per_init else [block]
             for acc, part in zip(base, groups, strict=True):
-                first = part[:, u0 - start : u1 - start].reshape(-1, p)
-                for lag in range(lags):
-                    other = part[:, u0 - start + lag : u1 - start + lag].reshape(first.shape)
-                    be.add_product(acc[lag], first, other)
+                # Step-major rows: each lag's rows are one contiguous view, not a copy per lag.
+                window = part[:, u0 - start : u1 - start + lags - 1]
+                steps = np.ascontiguousarray(window.swapaxes(0, 1))
+                first = steps[: u1 - u0].reshape(-1, p)
+                be.add_product(acc[0], first, first)  # numpy takes a.T @ a as a symmetric product
+                for lag in range(1, lags):
+                    be.add_product(acc[lag], first, steps[lag : lag + u1 - u0].reshape(first.shape))
         if start + block.shape[1] == t:
             tail = block[:, block.shape[1] - (lags - 1) :].copy()  # s_k .. s_(T-1)
     return (base if per_init else base[0]), head, tail

@@ -532,6 +532,29 @@ def dense_leading(m, k):
     return lam[::-1], vec[:, ::-1]
 
 
+@pytest.mark.parametrize("route", ["dense", "krylov", "tridiagonal"])
+def test_leading_eigenvectors_have_a_fixed_sign(route):
+    """Each eigenvector's largest entry is positive on every route, so the same matrix gives
+    the same vectors (and DMD amplitudes) whichever solver found them: a rounding-level
+    change of the matrix leaves them equal to rounding, not flipped."""
+    from conjugacy.koopman.dmd import leading_eigh
+
+    n, rank = 400, 10
+    m = covariance_like(n, seed=7, decay=3.0)
+    most, every = {"dense": (None, False), "krylov": (rank, False), "tridiagonal": (rank, True)}[
+        route
+    ]
+    pick = lambda values: rank  # noqa: E731
+    _, vec = leading_eigh(m, pick, most=most, every=every)
+    peaks = vec[np.abs(vec).argmax(axis=0), np.arange(rank)]
+    assert (peaks > 0).all()
+    ref = dense_leading(m, rank)[1]
+    assert (np.sign(ref[np.abs(ref).argmax(axis=0), np.arange(rank)]) < 0).any()  # LAPACK's flip
+    nudged = m * (1 + 1e-14 * np.random.default_rng(1).standard_normal(m.shape))
+    _, again = leading_eigh((nudged + nudged.T) / 2, pick, most=most, every=every)
+    assert np.abs(again - vec).max() < 1e-6
+
+
 def projector_gap(u, v):
     """|U U^T - V V^T|_2 = |(I - U U^T) V|_2 for orthonormal U, V of equal width: the sine of
     the largest angle between their spans (not sqrt(1 - cos^2), which cancels below 1e-8)."""
@@ -552,14 +575,14 @@ def projector_gap(u, v):
 def test_krylov_leading_eigh_matches_the_dense_solve(n, rank, decay):
     """Block Lanczos: the leading eigenvalues within 1e-10 of dense eigh (relative to the
     largest; in practice 1e-15), the same eigenvector subspace, residuals under the check."""
-    from conjugacy.koopman.dmd import KRYLOV_CHECK, krylov_eigh, leading_eigh
+    from conjugacy.koopman.dmd import KRYLOV_CHECK, krylov_eigh, leading_eigh, signed
 
     m = covariance_like(n, seed=n + rank, decay=decay)
     ref_lam, ref_vec = dense_leading(m, rank + 1)
     found = krylov_eigh(m, rank)
     assert found is not None  # converged: not the dense fallback
     lam, vec = leading_eigh(m, lambda values: rank, most=rank)
-    assert np.array_equal(lam, found[0]) and np.array_equal(vec, found[1])
+    assert np.array_equal(lam, found[0]) and np.array_equal(vec, signed(found[1]))
     assert lam.shape == (rank,) and vec.shape == (n, rank)
     assert np.abs(lam - ref_lam[:rank]).max() <= 1e-10 * ref_lam[0]
     assert np.abs(lam - ref_lam[:rank]).max() <= 1e-14 * ref_lam[0]  # what it does in practice
