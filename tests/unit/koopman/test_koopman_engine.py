@@ -107,6 +107,20 @@ def test_numpy_gram_accumulation_is_exact_and_in_place():
     np.testing.assert_array_equal(out, out.T)
 
 
+@pytest.mark.parametrize(("n", "tile"), [(30, 7), (28, 7), (5, 7), (600, 256)])
+def test_finish_gram_mirrors_the_lower_triangle_band_by_band(monkeypatch, n, tile):
+    """Bands of `tile` rows (the last one short, or one band for a small matrix): every
+    entry above the diagonal becomes its mirror's, bit for bit; the lower triangle is kept."""
+    import conjugacy.koopman.backend
+
+    monkeypatch.setattr(conjugacy.koopman.backend, "TILE", tile)
+    lower = np.tril(np.random.default_rng(n).standard_normal((n, n)))
+    acc = lower + np.triu(np.full((n, n), np.nan), 1)  # dsyrk leaves the upper triangle alone
+    out = NumpyBackend().finish_gram(acc)
+    assert out is acc
+    np.testing.assert_array_equal(out, lower + np.tril(lower, -1).T)
+
+
 def test_float32_blocks_are_accumulated_in_float64_piece_by_piece(monkeypatch):
     """A float32 block converted a few columns at a time gives the float64 Gram of its values."""
     import conjugacy.koopman.backend
