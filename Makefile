@@ -62,7 +62,7 @@ bench: install
 	python benchmarks/training.py --steps 1000 10000 --repeats 3
 	python benchmarks/dmd_engine.py
 	python benchmarks/workflow_overhead.py --config config/experiments/fcn_width.yaml \
-		--seeds-per-job 5 13 --repeat 2
+		--seeds-per-job 5 13 config --repeat 2
 	python benchmarks/calibration.py --experiments 200 --seeds 5 10 25 \
 		--out $(BENCH_TMP)/calibration
 

@@ -3,10 +3,11 @@
 For an experiment config (default config/experiments/fcn_width_quick.yaml;
 --full adds fcn_width.yaml, about 6 min a run), in one run of this script:
 
-- workflow: `snakemake --cores 2 --configfile CONFIG --config seeds_per_job=B`
-  in a fresh copy of the project (the files tests/conftest.py `copy_project`
-  copies), wall time, for each B of --seeds-per-job (1 is the old structure:
-  one training and one Koopman job per seed);
+- workflow: `snakemake --cores 2 --configfile CONFIG` in a fresh copy of the
+  project (the files tests/conftest.py `copy_project` copies), wall time, for
+  each B of --seeds-per-job: a number gives every condition blocks of B seeds
+  (1 is the old structure: one training and one Koopman job per seed),
+  `config` keeps the blocks the config sets (its conditions may set their own);
 - floor: the same trainings and decompositions back to back inside one Python
   process per core (2 processes with OMP_NUM_THREADS=1, each taking every
   other (condition, seed): per condition its seeds trained as one block, as
@@ -29,7 +30,7 @@ experiment's core sections only (CORE: no sensitivity, predict, prune,
 monitor, companion or windows: extra work the floor does not do). Prints Markdown;
 --repeat N gives medians of N runs (the order of the runs alternates).
 
-    python benchmarks/workflow_overhead.py [--full] [--seeds-per-job 1 5] [--repeat 1]
+    python benchmarks/workflow_overhead.py [--full] [--seeds-per-job 1 5 config] [--repeat 1]
         [--config config/experiments/OTHER.yaml] [--slurm]
 """
 
@@ -88,13 +89,18 @@ def read_benchmarks(results: Path) -> dict[str, list[tuple[str, float]]]:
 CORE = ("experiment", "seeds", "seeds_per_job", "koopman", "compare", "conditions")
 
 
-def core_config(config: Path, out: Path) -> Path:
-    """The experiment without its optional stages, written to `out`."""
+def core_config(config: Path, out: Path, seeds_per_job: int | None = None) -> Path:
+    """The experiment without its optional stages, written to `out`; with `seeds_per_job`,
+    every condition in blocks of that many seeds (the conditions' own block sizes dropped)."""
     import yaml
 
     raw = yaml.safe_load((REPO / config).read_text())
     cfg = {k: v for k, v in raw.items() if k in CORE}
+    if seeds_per_job is not None:
+        cfg["seeds_per_job"] = seeds_per_job
     for cond in cfg["conditions"].values():
+        if seeds_per_job is not None:
+            cond.pop("seeds_per_job", None)
         cond.pop("companion", None)
         if isinstance(cond.get("koopman"), dict):
             cond["koopman"].pop("windows", None)
@@ -103,14 +109,14 @@ def core_config(config: Path, out: Path) -> Path:
     return out
 
 
-def run_workflow(config: Path, seeds_per_job: int, slurm: bool = False) -> dict:
-    """Wall time of the whole workflow in a fresh copy, and its jobs' benchmark seconds."""
+def run_workflow(config: Path, seeds_per_job: int | None, slurm: bool = False) -> dict:
+    """Wall time of the whole workflow in a fresh copy, and its jobs' benchmark seconds
+    (`seeds_per_job` None: the blocks the config sets)."""
     with tempfile.TemporaryDirectory(prefix="overhead-") as tmp:
         root = copy_project(Path(tmp) / "project")
-        config = core_config(config, root / "bench.yaml")
+        config = core_config(config, root / "bench.yaml", seeds_per_job)
         args = ["snakemake", *(SLURM if slurm else ["--cores", str(CORES)])]
-        args += ["--configfile", str(config)]
-        args += ["--config", f"seeds_per_job={seeds_per_job}", "--quiet", "all"]
+        args += ["--configfile", str(config), "--quiet", "all"]
         start, epoch = time.perf_counter(), time.time()
         run = subprocess.run(args, cwd=root, env=env(), capture_output=True, text=True)
         wall = time.perf_counter() - start
@@ -240,10 +246,25 @@ def load_average() -> str:
         return "?"
 
 
+def block_size(value: str) -> int | str:
+    """A --seeds-per-job value: a positive number of seeds, or `config`."""
+    if value == "config":
+        return value
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is neither a positive integer nor 'config'")
+    return int(value)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--full", action="store_true", help="also fcn_width.yaml (about 6 min a run)")
-    p.add_argument("--seeds-per-job", type=int, nargs="+", default=[1, 5])
+    p.add_argument(
+        "--seeds-per-job",
+        type=block_size,
+        nargs="+",
+        default=[1, 5],
+        help="seeds per job of every condition, or `config`: the blocks the config sets",
+    )
     p.add_argument("--repeat", type=int, default=1, help="runs of each; medians are reported")
     p.add_argument("--config", type=Path, nargs="+", help="other configs (relative to the repo)")
     p.add_argument(
@@ -272,7 +293,11 @@ def main() -> None:
         for r in range(args.repeat):
             order = [("floor", None)] + [(f"B={b}", b) for b in args.seeds_per_job]
             for name, b in order if r % 2 == 0 else order[::-1]:
-                result = run_floor(config) if b is None else run_workflow(config, b, args.slurm)
+                if b is None:
+                    result = run_floor(config)
+                else:
+                    blocks = None if b == "config" else b
+                    result = run_workflow(config, blocks, args.slurm)
                 walls.setdefault(name, []).append(result["wall"])
                 if b is not None:
                     spectra_done.setdefault(name, []).append(result["spectra_done"])
