@@ -555,6 +555,38 @@ def test_leading_eigenvectors_have_a_fixed_sign(route):
     assert np.abs(again - vec).max() < 1e-6
 
 
+def test_reduced_eigenvectors_have_a_fixed_phase():
+    """W's columns come back with their largest entry real and positive (a sign for real
+    eigenvalues, a phase for complex ones; conjugate pairs stay conjugate), so a
+    rounding-level change of A~ moves the amplitudes by rounding instead of flipping
+    them; LAPACK's own vectors on this A~ have peaks that are not."""
+    import scipy.linalg
+
+    from conjugacy.koopman.dmd import reduced_dmd
+
+    rng = np.random.default_rng(3)
+    r, inits = 8, 4
+    s = np.sort(rng.uniform(1.0, 5.0, r))[::-1]
+    atilde = rng.standard_normal((r, r)) / np.sqrt(r)
+    syx = atilde * s[None, :] ** 2  # reduced_dmd's exact A~ is syx / s^2
+    coords0 = rng.standard_normal((r, inits))
+    mu, w, amplitudes = reduced_dmd(s, syx, None, coords0, "exact")
+    peaks = w[np.abs(w).argmax(axis=0), np.arange(r)]
+    assert (peaks.imag == 0).all() and (peaks.real > 0).all()
+    raw = scipy.linalg.eig(atilde)[1]
+    raw_peaks = raw[np.abs(raw).argmax(axis=0), np.arange(r)]
+    assert ((raw_peaks.imag != 0) | (raw_peaks.real < 0)).any()  # LAPACK leaves some
+    assert (np.abs(mu.imag) > 1e-3).sum() >= 2  # complex pairs are covered
+    np.testing.assert_allclose(atilde @ w, w * mu[None, :], atol=1e-12)
+    np.testing.assert_allclose(w @ amplitudes, coords0, atol=1e-12)
+    pair = np.flatnonzero(mu.imag > 1e-3)[0]
+    partner = np.flatnonzero(np.isclose(mu, mu[pair].conj()))[0]
+    np.testing.assert_allclose(w[:, partner], w[:, pair].conj(), atol=1e-14)
+    nudged = syx * (1 + 1e-13 * rng.standard_normal(syx.shape))
+    again = reduced_dmd(s, nudged, None, coords0, "exact")[2]
+    assert np.abs(again - amplitudes).max() < 1e-9 * np.abs(amplitudes).max()
+
+
 def projector_gap(u, v):
     """|U U^T - V V^T|_2 = |(I - U U^T) V|_2 for orthonormal U, V of equal width: the sine of
     the largest angle between their spans (not sqrt(1 - cos^2), which cancels below 1e-8)."""
