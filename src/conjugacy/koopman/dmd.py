@@ -215,7 +215,7 @@ def leading_eigh(
 
 def signed(vec: np.ndarray) -> np.ndarray:
     """Eigenvectors (columns) times the unit factor that makes each one's entry of largest
-    magnitude real and positive: a sign for real vectors, a phase for complex ones.
+    magnitude real (to rounding) and positive: a sign for real vectors, a phase for complex.
 
     An eigenvector is fixed only up to that factor, and solvers and BLAS builds
     pick it by rounding. Fixing it makes the DMD modes and amplitudes built on
