@@ -223,10 +223,8 @@ def signed(vec: np.ndarray) -> np.ndarray:
     A complex conjugate pair stays a conjugate pair (both peaks at one row).
     """
     peak = vec[np.abs(vec).argmax(axis=0), np.arange(vec.shape[1])]
-    if not np.iscomplexobj(vec):
-        return vec * np.where(peak < 0, -1.0, 1.0)
-    size = np.abs(peak)
-    return vec * np.where(size > 0, size / np.where(size > 0, peak, 1.0), 1.0)
+    unit = np.sign(peak)  # peak / |peak| (numpy >= 2): +-1 for real, a phase for complex
+    return vec * np.where(unit == 0, 1, unit.conj())
 
 
 def _picked(pick: Callable[[np.ndarray], int], lam: np.ndarray, most: int) -> int:
