@@ -24,6 +24,7 @@ include: "workflow/rules/prune.smk"
 include: "workflow/rules/monitor.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/sensitivity.smk"
+include: "workflow/rules/hooks.smk"
 
 
 localrules:

@@ -1,0 +1,27 @@
+# What the workflow does when a run ends, well or not.
+import threading
+
+
+def cancel_scheduler_timers():
+    """Cancel the scheduler's pending re-evaluation timers, so Snakemake exits at once.
+
+    Every pass of Snakemake's scheduler loop arms a one-second threading.Timer
+    (its job-rate limiter, --max-jobs-per-timespan, whose shortest span is one
+    second); at exit Python waits for the last one, about a second after the
+    last job. When these hooks run the scheduler has finished, so the timers
+    have nothing left to wake. Other timers are left alone.
+    """
+    for thread in threading.enumerate():
+        target = getattr(thread, "function", None)
+        if isinstance(thread, threading.Timer) and "_schedule_reevalutation" in getattr(
+            target, "__qualname__", ""
+        ):
+            thread.cancel()
+
+
+onsuccess:
+    cancel_scheduler_timers()
+
+
+onerror:
+    cancel_scheduler_timers()
