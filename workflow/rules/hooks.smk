@@ -9,7 +9,10 @@ def cancel_scheduler_timers():
     (its job-rate limiter, --max-jobs-per-timespan, whose shortest span is one
     second); at exit Python waits for the last one, about a second after the
     last job. When these hooks run the scheduler has finished, so the timers
-    have nothing left to wake. Other timers are left alone.
+    have nothing left to wake. They are found by the name of the method that
+    arms them (JobScheduler._schedule_reevalutation, so spelt, in Snakemake
+    9.27); where a version names it otherwise none is found, which costs that
+    second and nothing else. Other timers are left alone.
     """
     for thread in threading.enumerate():
         target = getattr(thread, "function", None)
