@@ -42,7 +42,7 @@ import scipy.sparse.linalg
 from scipy.linalg import blas
 from threadpoolctl import threadpool_limits
 
-from conjugacy.koopman.dmd import leading_eigh
+from conjugacy.koopman.dmd import KRYLOV_EXTRA, leading_eigh
 
 
 def delay_covariance(n: int, seed: int = 0, channels: int = 50) -> np.ndarray:
@@ -143,7 +143,7 @@ def run_case(n: int, kind: str, r: int, repeats: int, solvers: list[str]) -> Non
     steps = block_steps(m, r)
     print(
         f"<!-- n {n} {kind}: matrix built in {made:.1f} s; lambda_r / lambda_1 = {gaps[0]:.1e}, "
-        f"lambda_r+1 / lambda_r = {gaps[1]:.3f}; {steps} block steps of {r + 8} -->"
+        f"lambda_r+1 / lambda_r = {gaps[1]:.3f}; {steps} block steps of {r + KRYLOV_EXTRA} -->"
     )
     for name in solvers:
         lam, vec = out[name]

@@ -13,11 +13,15 @@
    writer for comparison) against the same updates with no recording, for
    1000 and 10000 steps: the difference splits the cost into a fixed part per
    store and a part per recorded step.
+3. Each experiment's batched training step (all inits of a seed) on the CPU
+   and, with `--device cuda`, on the GPU: steps/s of the fcn_width FCN
+   (h = 40), cnn_early's ResNet-20 and grokking's Transformer, and the
+   GPU's speed-up over the CPU.
 
 Medians of interleaved repeats. Prints Markdown tables.
 
     python benchmarks/training.py [--steps 1000 10000] [--throughput-steps 300] [--repeats 3]
-        [--device cuda]
+        [--device cuda] [--only throughput recording systems] [--systems-scale 1]
 """
 
 from __future__ import annotations
@@ -36,8 +40,17 @@ from conjugacy.config import load
 from conjugacy.training.recorder import Recorder
 from conjugacy.training.train import make_system, train
 
-CONFIG = Path(__file__).resolve().parents[1] / "config" / "experiments" / "fcn_width.yaml"
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "config" / "experiments"
+CONFIG = EXPERIMENTS / "fcn_width.yaml"
 WIDTHS = (5, 10, 40)
+# Section 3: (experiment, condition, steps timed at --systems-scale 1), about 0.1-4 s
+# of steps each on one CPU core.
+SYSTEMS = (
+    ("fcn_width", "fcn_h40", 300),
+    ("cnn_early", "resnet20", 20),
+    ("grokking", "grokking", 10),
+)
+SECTIONS = ("throughput", "recording", "systems")
 
 
 def condition(hidden: int, steps: int, device: str) -> dict:
@@ -55,10 +68,14 @@ def since(start: tuple[float, float]) -> tuple[float, float]:
     return wall - start[0], cpu - start[1]
 
 
-def batched(cond: dict, steps: int, closed_form: bool = True) -> tuple[tuple[float, float], object]:
-    """(wall, CPU) seconds for `steps` updates of the batched system (after 5 warm-up steps)."""
+def batched(
+    cond: dict, steps: int, closed_form: bool | None = True
+) -> tuple[tuple[float, float], object]:
+    """(wall, CPU) seconds for `steps` updates of the batched system (after 5 warm-up steps);
+    `closed_form` sets an FCN's written-out SGD on or off (None: the system's own)."""
     system, _ = make_system(cond, seed=0)
-    system.closed_form = closed_form
+    if closed_form is not None:
+        system.closed_form = closed_form
     for _ in range(5):
         system.step()
     sync(cond)
@@ -158,7 +175,7 @@ def recorded(cond: dict, tmp: Path, background: bool) -> tuple[float, float]:
     """train() end to end (store created, every step recorded, sealed, moved)."""
     rec = functools.partial(Recorder, background=background)
     start = clock()
-    with mock.patch("conjugacy.train.Recorder", rec):
+    with mock.patch("conjugacy.training.train.Recorder", rec):
         train(cond, 0, tmp / "t.zarr", progress=False, checkpoint_dir=tmp / "work")
     return since(start)
 
@@ -207,6 +224,34 @@ def overhead(lengths: list[int], repeats: int, device: str) -> str:
     return "\n".join(rows)
 
 
+def systems(repeats: int, devices: list[str], scale: float) -> str:
+    """Seconds per batched training step of each experiment's system on each device, and
+    each device's speed-up over the CPU (the same steps, medians of `repeats`)."""
+    rows = [
+        "| experiment | condition | system | inits | device | steps timed | ms/step | steps/s "
+        "| speed-up over cpu |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for experiment, name, steps in SYSTEMS:
+        n = max(2, round(steps * scale))
+        base = load(EXPERIMENTS / f"{experiment}.yaml")["conditions"][name]
+        per_step, inits = {}, 0
+        for device in devices:
+            cond = {**base, "device": device}
+            walls = []
+            for _ in range(repeats):
+                (wall, _), system = batched(cond, n, closed_form=None)
+                walls.append(wall)
+                inits = system.inits
+            per_step[device] = statistics.median(walls) / n
+        for device, seconds in per_step.items():
+            rows.append(
+                f"| {experiment} | {name} | {base['system']} | {inits} | {device} | {n} "
+                f"| {1e3 * seconds:.2f} | {1 / seconds:.1f} | {per_step['cpu'] / seconds:.1f}x |"
+            )
+    return "\n".join(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -216,13 +261,21 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--only", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    ap.add_argument(
+        "--systems-scale", type=float, default=1.0, help="times the steps timed in `systems`"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")
-    print(throughput(args.throughput_steps, args.repeats, args.device), flush=True)
-    print()
-    print(overhead(args.steps, args.repeats, args.device))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}")
+    if "throughput" in args.only:
+        print("\n" + throughput(args.throughput_steps, args.repeats, args.device), flush=True)
+    if "recording" in args.only:
+        print("\n" + overhead(args.steps, args.repeats, args.device), flush=True)
+    if "systems" in args.only:
+        devices = ["cpu"] if args.device == "cpu" else ["cpu", args.device]
+        print("\n" + systems(args.repeats, devices, args.systems_scale), flush=True)
 
 
 if __name__ == "__main__":
