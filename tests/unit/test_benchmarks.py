@@ -42,7 +42,7 @@ def run(script: str, *args: str) -> list[dict[str, str]]:
     return rows
 
 
-def test_training(tmp_path):
+def test_training():
     rows = run(
         "training.py",
         *("--steps", "50", "100", "--throughput-steps", "10", "--repeats", "1"),

@@ -15,10 +15,9 @@ def cancel_scheduler_timers():
     second and nothing else. Other timers are left alone.
     """
     for thread in threading.enumerate():
-        target = getattr(thread, "function", None)
-        if isinstance(thread, threading.Timer) and "_schedule_reevalutation" in getattr(
-            target, "__qualname__", ""
-        ):
+        if not isinstance(thread, threading.Timer):
+            continue
+        if "_schedule_reevalutation" in getattr(thread.function, "__qualname__", ""):
             thread.cancel()
 
 
